@@ -1,0 +1,49 @@
+# Set-up and everyday commands. Every target installs what it needs first, so a fresh
+# machine needs only python3 (with pip) and make:
+#   make serve   set up everything, run the service on the embedded model (port 9000)
+#   make test    set up everything, run lint, type checks and the test suite
+
+SHELL := /bin/bash
+UV ?= python3 -m uv
+ENV_FILE ?= configs/default.env
+# llama-cpp-python compiles llama.cpp from source (about 5 minutes on 2 cores); uv caches
+# the built wheel, so only the first set-up on a machine pays for it.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+export UV_PYTHON ?= 3.11
+
+.PHONY: setup uv system-deps serve test lint typecheck unit bench docker clean
+
+uv:
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet 'uv>=0.9'
+
+system-deps:
+	@command -v cmake >/dev/null && command -v c++ >/dev/null || { \
+	  echo "installing cmake and a C++ compiler (needed to build llama-cpp-python)"; \
+	  apt-get update -qq && apt-get install -y -qq cmake build-essential; }
+
+.venv/.synced: pyproject.toml uv.lock | uv system-deps
+	$(UV) sync --locked --extra embedded
+	@touch $@
+
+setup: .venv/.synced
+
+serve: setup
+	$(UV) run --no-sync llm-service serve --env-file $(ENV_FILE)
+
+lint: setup
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+
+typecheck: setup
+	$(UV) run --no-sync mypy
+
+unit: setup
+	$(UV) run --no-sync pytest -q
+
+test: lint typecheck unit
+
+docker:
+	docker build -t llm-service:latest .
+
+clean:
+	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache

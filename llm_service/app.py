@@ -1,0 +1,120 @@
+"""The FastAPI application: thin routers over ``ChatService``, resources owned by the lifespan.
+
+Nothing is created at import time: ``create_app(settings)`` builds the app, and its lifespan
+starts the embedded model server when no endpoint is configured, opens the upstream
+connection pool, and closes both on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llm_service import __version__
+from llm_service.api import health, opea
+from llm_service.errors import InvalidRequest, ServiceError
+from llm_service.prompting import PromptBuilder
+from llm_service.schemas import ChatRequest
+from llm_service.service import ChatService
+from llm_service.settings import Settings
+from llm_service.upstream import build_client
+from llm_service.upstream.embedded import EmbeddedServer
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service as an ASGI app. ``settings`` default to ``Settings.load()``."""
+    settings = settings or Settings.load()
+    # Fail before serving anything if the prompt template is unusable.
+    prompt = PromptBuilder.from_folder(settings.prompts_dir, settings.prompt_template)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded: EmbeddedServer | None = None
+        endpoint = settings.model_server_endpoint
+        if endpoint is None:
+            embedded = EmbeddedServer(
+                settings.embedded_model_path,
+                alias=settings.model_name,
+                n_ctx=settings.embedded_n_ctx,
+                startup_timeout=settings.embedded_startup_timeout,
+            )
+            endpoint = await embedded.start()
+        client = build_client(settings, endpoint)
+        await client.start()
+        app.state.service = ChatService(settings, client, prompt)
+        app.state.embedded = embedded
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if embedded is not None:
+                await embedded.stop()
+
+    app = FastAPI(
+        title="LLM microservice",
+        version=__version__,
+        description="Builds RAG prompts and relays answers from an LLM server, "
+        "whole or as OpenAI chunk SSE.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(opea.router)
+    app.include_router(health.router)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+async def _request_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+    err = InvalidRequest("; ".join(problems), param=None)
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+    err = ServiceError(str(exc.detail), status=exc.status_code, type=kind)
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    err = ServiceError("internal error", status=500)
+    return JSONResponse(err.body(), status_code=500)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus ``ChatRequest``, which the route parses from raw bytes."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        defs = TypeAdapter(ChatRequest).json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(defs.pop("$defs", {}))
+        components["ChatRequest"] = defs
+        app.openapi_schema = schema
+    return app.openapi_schema

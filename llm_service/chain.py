@@ -1,0 +1,118 @@
+"""The chain: prompt step | model step, one LangChain Runnable.
+
+The HTTP service and a notebook run the same object::
+
+    from llm_service import Settings, build_chain
+
+    chain = build_chain(Settings(model_server_endpoint="http://localhost:8008"))
+    chain.invoke({"question": "What is Deep Learning?", "reranked_docs": [...]})
+    chain.invoke({"messages": [{"role": "user", "content": "Hi"}]})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
+
+from llm_service.model import UpstreamChatModel
+from llm_service.prompting import PromptBuilder
+from llm_service.settings import Settings
+from llm_service.upstream import build_client
+from llm_service.upstream.client import UpstreamClient
+
+
+def resolve_endpoint(settings: Settings, endpoint: str | None) -> str:
+    url = endpoint or settings.model_server_endpoint
+    if url is None:
+        raise ValueError(
+            "no model server: set LLM_MODEL_SERVER_ENDPOINT, pass endpoint=..., or start the "
+            "embedded server (llm_service.upstream.embedded.EmbeddedServer)"
+        )
+    return url
+
+
+def build_model(
+    settings: Settings, *, endpoint: str | None = None, client: UpstreamClient | None = None
+) -> BaseChatModel:
+    """The model step chosen by ``LLM_MODEL_CLIENT``: the lean client or ``ChatOpenAI``."""
+    url = resolve_endpoint(settings, endpoint if client is None else client.base_url)
+    if settings.model_client == "chatopenai":
+        return _chat_openai(settings, url)
+    return UpstreamChatModel(
+        client=client or build_client(settings, url),
+        model_name=settings.model_name,
+        server=settings.model_server,
+        max_tokens=settings.default_max_tokens,
+    )
+
+
+def _chat_openai(settings: Settings, url: str) -> BaseChatModel:
+    import httpx
+    from langchain_openai import ChatOpenAI
+
+    verify = not settings.tls_skip_verify
+    key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
+    return ChatOpenAI(
+        model=settings.model_name,
+        base_url=f"{url}/v1",
+        api_key=key,
+        # langchain-openai sends max_tokens as max_completion_tokens, which llama.cpp and
+        # TGI ignore; in extra_body it reaches every server under its OpenAI name.
+        extra_body={"max_tokens": settings.default_max_tokens},
+        stream_usage=True,
+        timeout=settings.request_timeout,
+        max_retries=0,
+        http_client=httpx.Client(verify=verify),
+        http_async_client=httpx.AsyncClient(verify=verify),
+    )
+
+
+def chatopenai_kwargs(settings: Settings, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-request kwargs for ChatOpenAI: OpenAI fields direct, the rest in ``extra_body``."""
+    from llm_service.upstream.params import OPENAI_FIELDS, sampling_payload
+
+    payload = sampling_payload(settings.model_server, params)
+    kwargs = {k: payload.pop(k) for k in OPENAI_FIELDS if k in payload and k != "max_tokens"}
+    if payload:
+        kwargs["extra_body"] = payload  # max_tokens and the server-specific knobs
+    return kwargs
+
+
+def bind_params(
+    settings: Settings, model: BaseChatModel, params: Mapping[str, Any]
+) -> Runnable[LanguageModelInput, BaseMessage]:
+    """``model`` with sampling ``params`` bound, in the form that model takes them."""
+    params = {k: v for k, v in params.items() if v is not None}
+    if not params:
+        return model
+    if isinstance(model, UpstreamChatModel):
+        return model.bind(**params)
+    return model.bind(**chatopenai_kwargs(settings, params))
+
+
+def build_chain(
+    settings: Settings | None = None,
+    *,
+    endpoint: str | None = None,
+    client: UpstreamClient | None = None,
+    prompt: PromptBuilder | None = None,
+    model: BaseChatModel | None = None,
+    **params: Any,
+) -> Runnable[Mapping[str, Any], BaseMessage]:
+    """``prompt | model`` as one Runnable.
+
+    Input: ``{"messages": [...]}`` (ready-made chat messages) or ``{"question": ...,
+    "reranked_docs": [...], "history": [...]}`` (the prompt is built from the template
+    named by ``LLM_PROMPT_TEMPLATE``). Output: an ``AIMessage``; streamed, ``AIMessageChunk``s
+    whose last carries ``finish_reason`` and usage. ``params`` (max_tokens, temperature,
+    top_p, top_k, typical_p, repetition_penalty, stop, seed) are bound to the model step.
+    """
+    settings = settings or Settings.load()
+    prompt = prompt or PromptBuilder.from_folder(settings.prompts_dir, settings.prompt_template)
+    model = model or build_model(settings, endpoint=endpoint, client=client)
+    bound = bind_params(settings, model, params)
+    return (prompt.as_runnable() | bound).with_config(run_name="llm_service")

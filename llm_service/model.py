@@ -1,0 +1,226 @@
+"""The chain's default model step: a lean chat model over the shared upstream client.
+
+``UpstreamChatModel`` is a real LangChain ``BaseChatModel`` (callbacks, tracing,
+``astream_events``, ``with_retry``, ``with_fallbacks`` all work) that streams through
+``UpstreamClient`` instead of the openai SDK, which costs several times less per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from typing import Any, TypeVar
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from llm_service.settings import ModelServer
+from llm_service.upstream.client import Chunk, UpstreamClient
+from llm_service.upstream.params import sampling_payload
+
+T = TypeVar("T")
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+
+SAMPLING_KEYS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "typical_p",
+    "repetition_penalty",
+    "stop",
+    "seed",
+)
+
+
+def message_to_dict(message: BaseMessage) -> dict[str, Any]:
+    """An OpenAI chat message dict for a LangChain message."""
+    role = _ROLES.get(message.type, message.type)
+    out: dict[str, Any] = {"role": role, "content": message.text}
+    tool_call_id = getattr(message, "tool_call_id", None)
+    if tool_call_id:
+        out["tool_call_id"] = tool_call_id
+    return out
+
+
+def usage_metadata(usage: Mapping[str, Any] | None) -> UsageMetadata | None:
+    if not usage:
+        return None
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return UsageMetadata(
+        input_tokens=prompt,
+        output_tokens=completion,
+        total_tokens=int(usage.get("total_tokens") or prompt + completion),
+    )
+
+
+def chunk_to_generation(chunk: Chunk) -> ChatGenerationChunk:
+    """One upstream ``chat.completion.chunk`` as a LangChain generation chunk."""
+    choices = chunk.get("choices")
+    choice = choices[0] if choices else {}
+    delta = choice.get("delta") or {}
+    finish = choice.get("finish_reason")
+    metadata: dict[str, Any] = {}
+    if finish:
+        metadata = {"finish_reason": finish, "model_name": chunk.get("model")}
+    message = AIMessageChunk(
+        content=delta.get("content") or "",
+        id=chunk.get("id"),
+        response_metadata=metadata,
+        usage_metadata=usage_metadata(chunk.get("usage")),
+    )
+    return ChatGenerationChunk(
+        message=message, generation_info={"finish_reason": finish} if finish else None
+    )
+
+
+class UpstreamChatModel(BaseChatModel):
+    """Chat model for any OpenAI-compatible server, streaming over aiohttp + orjson.
+
+    Sampling fields set here are defaults; ``.bind(max_tokens=...)`` or call kwargs
+    override them per request.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    client: UpstreamClient = Field(exclude=True)
+    model_name: str
+    server: ModelServer = ModelServer.OPENAI
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "llm-service-upstream"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "server": self.server.value}
+
+    def payload(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The upstream request body (without ``stream``) for these messages and kwargs."""
+        params = {key: getattr(self, key) for key in SAMPLING_KEYS}
+        params.update((k, v) for k, v in kwargs.items() if k in SAMPLING_KEYS)
+        if stop is not None:
+            params["stop"] = stop
+        return {
+            "model": self.model_name,
+            "messages": [message_to_dict(m) for m in messages],
+            **sampling_payload(self.server, params),
+        }
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        payload = self.payload(messages, stop, kwargs)
+        payload["stream_options"] = {"include_usage": True}
+        async for batch in self.client.stream_chat(payload):
+            for chunk in batch:
+                generation = chunk_to_generation(chunk)
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(generation.text, chunk=generation)
+                yield generation
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = await self.client.chat(self.payload(messages, stop, kwargs))
+        choice = result["choices"][0]
+        finish = choice.get("finish_reason")
+        message = AIMessage(
+            content=(choice.get("message") or {}).get("content") or "",
+            id=result.get("id"),
+            response_metadata={"finish_reason": finish, "model_name": result.get("model")},
+            usage_metadata=usage_metadata(result.get("usage")),
+        )
+        return ChatResult(
+            generations=[
+                ChatGeneration(message=message, generation_info={"finish_reason": finish})
+            ],
+            llm_output={"token_usage": result.get("usage"), "model_name": result.get("model")},
+        )
+
+    # The sync API runs the async one on a private loop in a worker thread, so it also
+    # works where a loop is already running (Jupyter).
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return _run_in_thread(lambda: self._agenerate(messages, stop, **kwargs))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        items: queue.Queue[ChatGenerationChunk | BaseException | None] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for generation in self._astream(messages, stop, **kwargs):
+                    items.put(generation)
+            except BaseException as exc:  # re-raised in the caller's thread
+                items.put(exc)
+            finally:
+                items.put(None)
+
+        thread = threading.Thread(target=asyncio.run, args=(pump(),), name="llm-service-sync")
+        thread.start()
+        while (item := items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            if run_manager is not None:
+                run_manager.on_llm_new_token(item.text, chunk=item)
+            yield item
+        thread.join()
+
+
+def _run_in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(make())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="llm-service-sync")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result

@@ -1,0 +1,147 @@
+"""Wire models: the JSON the service accepts and returns, and nothing else.
+
+``ChatRequest`` accepts the seed's LLMParamsDoc (``messages`` + ``max_new_tokens`` ...),
+OpenAI chat-completion requests (``max_tokens``, ``stop``, ``model``) and the RAG form
+``{question, reranked_docs, history}``. Response models document the output in OpenAPI;
+the hot path writes the same shapes with orjson instead of building models per chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+MAX_TEXT = 1_000_000  # characters in one message, question or document
+
+
+class ChatMessage(BaseModel):
+    """One OpenAI-style chat message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Role
+    content: str = Field(max_length=MAX_TEXT)
+    tool_call_id: str | None = None
+
+
+class HistoryTurn(BaseModel):
+    """One earlier exchange, the seed's ChatHistory shape."""
+
+    question: str = Field("", max_length=MAX_TEXT)
+    answer: str = Field("", max_length=MAX_TEXT)
+
+
+class RerankedDoc(BaseModel):
+    """A TextDoc-like reranked document: its text and metadata (source, citation, scores)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(max_length=MAX_TEXT)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """Request of ``POST /v1/chat/completions``.
+
+    Give either ``messages`` or ``question`` (with optional ``reranked_docs`` and
+    ``history``). ``max_new_tokens`` (seed) and ``max_tokens`` (OpenAI) are synonyms.
+    ``stream`` defaults to true as in the seed, except for OpenAI-style requests that name
+    a ``model`` and omit it, which default to false as in the OpenAI API.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessage] | None = Field(None, max_length=10_000)
+    question: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    reranked_docs: list[RerankedDoc] = Field(default_factory=list, max_length=10_000)
+    history: list[HistoryTurn] = Field(default_factory=list, max_length=10_000)
+
+    model: str | None = Field(None, max_length=512)
+    max_new_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    typical_p: float | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+    data: dict[str, Any] | None = None
+    output_guardrail_params: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_input(self) -> ChatRequest:
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages: must contain at least one message")
+        if not self.messages and self.question is None:
+            raise ValueError("messages: give 'messages' or 'question'")
+        if (
+            self.max_new_tokens is not None
+            and self.max_tokens is not None
+            and self.max_new_tokens != self.max_tokens
+        ):
+            raise ValueError("max_tokens: differs from max_new_tokens; give one of them")
+        if isinstance(self.stop, list) and len(self.stop) > 16:
+            raise ValueError("stop: at most 16 stop sequences")
+        return self
+
+    def wants_stream(self) -> bool:
+        if self.stream is not None:
+            return self.stream
+        return self.model is None
+
+
+class GeneratedChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class GeneratedChoice(BaseModel):
+    index: int = 0
+    message: GeneratedChoiceMessage
+    finish_reason: str | None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class GeneratedDoc(BaseModel):
+    """Whole answer: the seed's GeneratedDoc plus the OpenAI ``chat.completion`` fields."""
+
+    id: str
+    text: str
+    prompt: str
+    stream: bool
+    output_guardrail_params: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[GeneratedChoice]
+    usage: Usage | None = None
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns, 4xx or 5xx, has this shape."""
+
+    error: ErrorBody

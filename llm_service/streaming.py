@@ -1,0 +1,170 @@
+"""Encoders: model output to wire bytes, one way per wire format.
+
+``OpenAIChunkEncoder`` writes OpenAI ``chat.completion.chunk`` SSE as the seed does: one
+frame per content piece, a last content-less frame with the finish reason, ``data: [DONE]``,
+then the ``json: {...}`` trailer when there is one. Constant parts are encoded once per
+request; per chunk only the content string is encoded.
+
+``relay_upstream`` and ``relay_chain`` feed it from the two sources (upstream chunk dicts,
+or the chain's ``AIMessageChunk``s) and produce identical bytes for the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from langchain_core.messages import BaseMessageChunk
+
+from llm_service.errors import ServiceError, as_service_error
+from llm_service.upstream.client import Chunk
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Answer:
+    """What a finished generation produced, for GeneratedDoc, logs and the trailer."""
+
+    text_parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+class OpenAIChunkEncoder:
+    """Bytes of the OpenAI chunk stream for one completion."""
+
+    def __init__(self, model: str, *, include_usage: bool = False) -> None:
+        self.id = completion_id()
+        self.created = int(time.time())
+        head = orjson.dumps(
+            {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+             "model": model}
+        )[:-1]  # fmt: skip
+        self._head = b"data: " + head + b',"choices":'
+        self._content_head = self._head + b'[{"index":0,"delta":{"content":'
+        self._content_tail = b'},"finish_reason":null}]}\n\n'
+        self.include_usage = include_usage
+
+    def content(self, text: str) -> bytes:
+        return self._content_head + orjson.dumps(text) + self._content_tail
+
+    def finish(self, reason: str | None, usage: Mapping[str, Any] | None) -> bytes:
+        frame = (
+            self._content_head
+            + b'""},"finish_reason":'
+            + orjson.dumps(reason or "stop")
+            + b"}]}\n\n"
+        )
+        if self.include_usage and usage is not None:
+            frame += self._head + b"[]," + orjson.dumps({"usage": usage})[1:] + b"\n\n"
+        return frame
+
+    @staticmethod
+    def trailer(data: Mapping[str, Any] | None) -> bytes:
+        return b"" if data is None else b"json: " + orjson.dumps(data) + b"\n\n"
+
+    @staticmethod
+    def error(exc: ServiceError) -> bytes:
+        return b"event: error\ndata: " + orjson.dumps(exc.body()) + b"\n\n"
+
+
+async def relay_upstream(
+    batches: AsyncIterator[list[Chunk]],
+    encoder: OpenAIChunkEncoder,
+    answer: Answer,
+    trailer: Mapping[str, Any] | None,
+) -> AsyncGenerator[bytes, None]:
+    """Upstream chunk batches to SSE bytes, one write per batch: the hot path.
+
+    An error before the first frame is raised (the route answers it with a status code);
+    after it, it becomes an SSE error event and a clean end.
+    """
+    content = encoder.content
+    parts = answer.text_parts
+    started = False
+    try:
+        async for batch in batches:
+            out: list[bytes] = []
+            for chunk in batch:
+                choices = chunk.get("choices")
+                if choices:
+                    choice = choices[0]
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        parts.append(text)
+                        out.append(content(text))
+                    if choice.get("finish_reason"):
+                        answer.finish_reason = choice["finish_reason"]
+                if chunk.get("usage"):
+                    answer.usage = chunk["usage"]
+            if out:
+                started = True
+                yield b"".join(out)
+        yield encoder.finish(answer.finish_reason, answer.usage) + DONE + encoder.trailer(trailer)
+    except Exception as exc:
+        if not started:
+            raise as_service_error(exc) from None
+        yield _error_end(encoder, exc)
+    finally:
+        await _aclose(batches)
+
+
+async def relay_chain(
+    chunks: AsyncIterator[BaseMessageChunk],
+    encoder: OpenAIChunkEncoder,
+    answer: Answer,
+    trailer: Mapping[str, Any] | None,
+) -> AsyncGenerator[bytes, None]:
+    """The chain's message chunks to the same SSE bytes as ``relay_upstream``."""
+    started = False
+    try:
+        async for chunk in chunks:
+            text = chunk.text
+            if chunk.response_metadata.get("finish_reason"):
+                answer.finish_reason = chunk.response_metadata["finish_reason"]
+            usage = getattr(chunk, "usage_metadata", None)
+            if usage:
+                answer.usage = {
+                    "prompt_tokens": usage["input_tokens"],
+                    "completion_tokens": usage["output_tokens"],
+                    "total_tokens": usage["total_tokens"],
+                }
+            if text:
+                started = True
+                answer.text_parts.append(text)
+                yield encoder.content(text)
+        yield encoder.finish(answer.finish_reason, answer.usage) + DONE + encoder.trailer(trailer)
+    except Exception as exc:
+        if not started:
+            raise as_service_error(exc) from None
+        yield _error_end(encoder, exc)
+    finally:
+        await _aclose(chunks)
+
+
+def _error_end(encoder: OpenAIChunkEncoder, exc: Exception) -> bytes:
+    err = as_service_error(exc)
+    log.warning("stream failed after the first token: %s", err.message)
+    return encoder.error(err) + DONE
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,35 @@
+"""Everything about talking to model servers: client, auth, parameters, embedded server."""
+
+from __future__ import annotations
+
+from llm_service.settings import Settings
+from llm_service.upstream.auth import Auth, OAuthClientCredentials, StaticKeyAuth
+from llm_service.upstream.client import Chunk, UpstreamClient
+
+
+def build_auth(settings: Settings) -> Auth:
+    """Static key if set (it overrides OAuth, as in the seed), else OAuth if configured."""
+    if settings.vllm_api_key is not None:
+        return StaticKeyAuth(settings.vllm_api_key.get_secret_value())
+    if settings.vllm_token_url and settings.vllm_client_id and settings.vllm_client_secret:
+        return OAuthClientCredentials(
+            settings.vllm_token_url,
+            settings.vllm_client_id,
+            settings.vllm_client_secret.get_secret_value(),
+        )
+    return Auth()
+
+
+def build_client(settings: Settings, base_url: str) -> UpstreamClient:
+    """The upstream client for ``base_url`` configured from ``settings``."""
+    return UpstreamClient(
+        base_url,
+        auth=build_auth(settings),
+        connect_timeout=settings.connect_timeout,
+        total_timeout=settings.request_timeout,
+        connections=settings.upstream_connections,
+        tls_skip_verify=settings.tls_skip_verify,
+    )
+
+
+__all__ = ["Auth", "Chunk", "UpstreamClient", "build_auth", "build_client"]

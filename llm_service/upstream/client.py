@@ -1,0 +1,241 @@
+"""The one way to talk to a model server: OpenAI-compatible chat completions over aiohttp.
+
+``stream_chat`` sends the request, parses the SSE reply with orjson and yields the parsed
+chunks of each network read as one batch, so that the consumer can write them in one send.
+The upstream response is closed the moment the consumer stops (client gone, error, end),
+so the model server stops generating for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from llm_service.errors import (
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    upstream_status_error,
+)
+from llm_service.upstream.auth import Auth
+
+Chunk = dict[str, Any]
+
+_DONE = b"[DONE]"
+
+
+class UpstreamClient:
+    """A connection pool to one OpenAI-compatible model server.
+
+    The app's lifespan opens one shared ``aiohttp.ClientSession`` with ``start`` and closes
+    it with ``aclose``. Calls made on another event loop (a notebook, ``asyncio.run`` in a
+    script, the sync API) use a session of their own for that call, so nothing leaks.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: Auth | None = None,
+        connect_timeout: float = 10.0,
+        total_timeout: float = 300.0,
+        connections: int = 512,
+        tls_skip_verify: bool = False,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.chat_url = f"{self.base_url}/v1/chat/completions"
+        self.auth = auth or Auth()
+        self.timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
+        self.connections = connections
+        self.ssl: ssl.SSLContext | bool = not tls_skip_verify
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.connections, limit_per_host=self.connections, ssl=self.ssl
+        )
+        return aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, auto_decompress=False
+        )
+
+    async def start(self) -> None:
+        """Open the shared connection pool on the running loop."""
+        if self._session is None or self._session.closed:
+            self._session = self._new_session()
+            self._loop = asyncio.get_running_loop()
+
+    async def aclose(self) -> None:
+        """Close the shared connection pool."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        await self.auth.aclose()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """The shared session on its loop, else a session for this one call."""
+        shared = self._session
+        if shared is not None and not shared.closed and self._loop is asyncio.get_running_loop():
+            yield shared
+        else:
+            async with self._new_session() as own:
+                yield own
+
+    async def _headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        headers.update(await self.auth.headers(session))
+        return headers
+
+    async def _post(
+        self, session: aiohttp.ClientSession, payload: Mapping[str, Any]
+    ) -> aiohttp.ClientResponse:
+        try:
+            resp = await session.post(
+                self.chat_url, data=orjson.dumps(payload), headers=await self._headers(session)
+            )
+        except TimeoutError:
+            raise UpstreamTimeout("timed out connecting to the model server") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnavailable(f"model server unreachable: {exc.os_error}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"model server connection failed: {exc}") from None
+        if resp.status >= 400:
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                body = b""
+            finally:
+                resp.release()
+            raise _status_error(resp.status, body, resp.headers.get("Retry-After"))
+        return resp
+
+    async def chat(self, payload: Mapping[str, Any]) -> Chunk:
+        """A whole (non-streamed) chat completion."""
+        async with self.session() as session:
+            resp = await self._post(session, {**payload, "stream": False})
+            try:
+                body = await resp.read()
+            except TimeoutError:
+                raise UpstreamTimeout("model server did not answer in time") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"model server connection broke: {exc}") from None
+            finally:
+                resp.release()
+        try:
+            result = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("model server sent a reply that is not JSON") from None
+        if not isinstance(result, dict) or not result.get("choices"):
+            raise UpstreamError(f"model server sent no choices: {_message_of(result, body)}")
+        return result
+
+    async def stream_chat(self, payload: Mapping[str, Any]) -> AsyncIterator[list[Chunk]]:
+        """Parsed ``chat.completion.chunk`` dicts, one list per network read."""
+        async with self.session() as session:
+            resp = await self._post(session, {**payload, "stream": True})
+            finished = False
+            tail: list[Chunk] = []
+            try:
+                buffer = b""
+                content = resp.content
+                while True:
+                    try:
+                        data = await content.readany()
+                    except TimeoutError:
+                        raise UpstreamTimeout("model server stream timed out") from None
+                    except aiohttp.ClientError as exc:
+                        raise UpstreamError(f"model server stream broke: {exc}") from None
+                    if not data:
+                        break
+                    buffer += data
+                    if b"\n" not in data:
+                        continue
+                    lines = buffer.split(b"\n")
+                    buffer = lines.pop()
+                    batch: list[Chunk] = []
+                    failure: UpstreamError | None = None
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue  # blank separators, comments, event/id fields
+                        body = line[5:].strip()
+                        if body == _DONE:
+                            finished = True
+                            break
+                        try:
+                            chunk = orjson.loads(body)
+                        except orjson.JSONDecodeError:
+                            failure = UpstreamError("model server sent a malformed stream chunk")
+                            break
+                        if "error" in chunk or chunk.get("object") == "error":
+                            message = _message_of(chunk, body)
+                            failure = UpstreamError(f"model server failed mid-stream: {message}")
+                            break
+                        batch.append(chunk)
+                    if batch:
+                        tail = batch
+                        yield batch  # what arrived before a failure is still relayed
+                    if failure is not None:
+                        raise failure
+                    if finished:
+                        return
+                if any(c.get("choices") and c["choices"][0].get("finish_reason") for c in tail):
+                    finished = True  # some servers end without [DONE]; the answer is complete
+                    return
+                raise UpstreamError("model server closed the stream before the answer ended")
+            finally:
+                if finished:
+                    resp.release()
+                else:
+                    resp.close()  # drop the connection: the model server stops generating
+
+    async def models(self) -> Chunk:
+        """``GET /v1/models``: used for readiness and to learn the served model."""
+        try:
+            async with (
+                self.session() as session,
+                session.get(
+                    f"{self.base_url}/v1/models",
+                    headers=await self._headers(session),
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as resp,
+            ):
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise _status_error(resp.status, body, None)
+        except TimeoutError:
+            raise UpstreamTimeout("model server did not answer /v1/models in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"model server unreachable: {exc}") from None
+        result = orjson.loads(body)
+        return result if isinstance(result, dict) else {"data": result}
+
+
+def _message_of(parsed: Any, raw: bytes) -> str:
+    """The error message in vLLM's, OpenAI's, TGI's or llama.cpp's error shape."""
+    if isinstance(parsed, dict):
+        err = parsed.get("error", parsed)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("detail")
+            if msg:
+                return str(msg)
+        elif isinstance(err, str):
+            return err
+        if "detail" in parsed:
+            return str(parsed["detail"])
+    return raw[:300].decode("utf-8", "replace") or "(empty body)"
+
+
+def _status_error(status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+    try:
+        parsed: Any = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    message = f"model server answered {status}: {_message_of(parsed, body)}"
+    return upstream_status_error(status, message, retry_after)

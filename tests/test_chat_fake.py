@@ -1,0 +1,297 @@
+"""The chat route against the scriptable fake model server: wire format, modes and faults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fake_openai import FakeOpenAI, Script
+from tests.servers import FakeServer, ServiceServer, free_port, settings_for
+from tests.sse import content_of, parse_frames
+
+SEED_SYSTEM = (
+    "### You are a helpful, respectful, and honest assistant to help the user with questions. "
+    "Please refer to the search results obtained from the local knowledge base. ### Search "
+    "results:  \n\n"
+)
+
+
+def seed_request(stream: bool, **extra: Any) -> dict[str, Any]:
+    """The seed README's curl body."""
+    return {
+        "messages": [
+            {"role": "system", "content": SEED_SYSTEM},
+            {"role": "user", "content": "### Question: What is Deep Learning? \n\n"},
+        ],
+        "max_new_tokens": 32,
+        "top_p": 0.95,
+        "temperature": 0.01,
+        "stream": stream,
+        **extra,
+    }
+
+
+DOCS = [
+    {"text": "Deep learning uses neural networks.",
+     "metadata": {"url": "https://example.com/dl", "citation_id": 1, "vector_distance": 0.23,
+                  "reranker_score": 0.83, "Header1": "AI", "Header2": "DL"}},
+    {"text": "Stored file text.",
+     "metadata": {"bucket_name": "docs", "object_name": "a.pdf", "citation_id": 2,
+                  "reranker_score": 0.5}},
+]  # fmt: skip
+
+
+def post(service: ServiceServer, body: Any, **kw: Any) -> httpx.Response:
+    return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30, **kw)
+
+
+# --- streaming wire format ---------------------------------------------------------------
+
+
+def test_stream_is_openai_chunks_then_done(service: ServiceServer, fake: FakeOpenAI) -> None:
+    resp = post(service, seed_request(True))
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    frames = parse_frames(resp.text)
+    assert frames[-1].raw == "[DONE]"
+    chunks = [f.json() for f in frames[:-1]]
+    assert len(chunks) == 6  # 5 tokens (the role-only chunk is not relayed) + finish
+    for chunk in chunks:
+        assert set(chunk) == {"id", "object", "created", "model", "choices"}
+        assert chunk["object"] == "chat.completion.chunk"
+        assert chunk["model"] == "fake-model"
+        assert chunk["id"] == chunks[0]["id"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 5 + ["stop"]
+    assert chunks[-1]["choices"][0]["delta"] == {"content": ""}
+    assert content_of(frames) == "Deep learning is great."
+
+
+def test_stream_sends_seed_params_upstream(service: ServiceServer, fake: FakeOpenAI) -> None:
+    post(service, seed_request(True, top_k=10, repetition_penalty=1.03, typical_p=0.9))
+    sent = fake.requests[-1]
+    assert sent["max_tokens"] == 32
+    assert sent["top_p"] == 0.95 and sent["temperature"] == 0.01
+    assert sent["stream"] is True
+    assert sent["messages"][0] == {"role": "system", "content": SEED_SYSTEM}
+    # The fake plays an "openai" server: the seed's extra knobs are not sent to it.
+    assert "top_k" not in sent and "repetition_penalty" not in sent and "typical_p" not in sent
+
+
+def test_stream_finish_reason_length(service: ServiceServer, fake: FakeOpenAI) -> None:
+    frames = parse_frames(post(service, seed_request(True, max_new_tokens=2)).text)
+    assert frames[-2].json()["choices"][0]["finish_reason"] == "length"
+    assert content_of(frames) == "Deep learning"
+
+
+def test_stream_data_trailer_after_done(service: ServiceServer, fake: FakeOpenAI) -> None:
+    data = {"reranked_docs": [{"url": "https://example.com", "citation_id": 1,
+                               "vector_distance": 0.23, "reranker_score": 0.83}]}  # fmt: skip
+    frames = parse_frames(post(service, seed_request(True, data=data)).text)
+    assert frames[-2].raw == "[DONE]"
+    assert frames[-1].field == "json"
+    assert frames[-1].json() == data
+
+
+def test_stream_usage_when_asked(service: ServiceServer, fake: FakeOpenAI) -> None:
+    body = seed_request(True, stream_options={"include_usage": True})
+    frames = parse_frames(post(service, body).text)
+    usage_chunk = frames[-2].json()
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["completion_tokens"] == 5
+    assert usage_chunk["usage"]["total_tokens"] == usage_chunk["usage"]["prompt_tokens"] + 5
+
+
+def test_stream_coalesced_upstream_chunks_keep_order(
+    service: ServiceServer, fake: FakeOpenAI
+) -> None:
+    tokens = [f" t{i}" for i in range(50)]
+    fake.push(Script(tokens=tokens, tokens_per_write=7))
+    frames = parse_frames(post(service, seed_request(True, max_new_tokens=100)).text)
+    assert content_of(frames) == "".join(tokens)
+    assert len(frames) == 50 + 2
+
+
+def test_question_and_docs_build_prompt(service: ServiceServer, fake: FakeOpenAI) -> None:
+    body = {"question": "What is deep learning?", "reranked_docs": DOCS,
+            "history": [{"question": "Hi", "answer": "Hello!"}], "stream": True}  # fmt: skip
+    frames = parse_frames(post(service, body).text)
+    system, user = fake.requests[-1]["messages"]
+    assert system["role"] == "system" and user["role"] == "user"
+    assert (
+        "[1] (https://example.com/dl)\nSection: AI > DL\nContent: Deep learning uses"
+        in (system["content"])
+    )
+    assert "[2] (docs/a.pdf)" in system["content"]
+    assert "User: Hi\nAssistant: Hello!" in system["content"]
+    assert "### Question: What is deep learning?" in user["content"]
+    trailer = frames[-1].json()
+    assert trailer == {"reranked_docs": [
+        {"url": "https://example.com/dl", "type": "link", "citation_id": 1,
+         "vector_distance": 0.23, "reranker_score": 0.83},
+        {"bucket_name": "docs", "object_name": "a.pdf", "type": "file", "citation_id": 2,
+         "reranker_score": 0.5},
+    ]}  # fmt: skip
+
+
+# --- whole answers -------------------------------------------------------------------------
+
+
+def test_non_stream_generated_doc(service: ServiceServer, fake: FakeOpenAI) -> None:
+    resp = post(service, seed_request(False, data={"reranked_docs": []}))
+    assert resp.status_code == 200
+    doc = resp.json()
+    assert doc["text"] == "Deep learning is great."
+    assert doc["prompt"] == "### Question: What is Deep Learning? \n\n"
+    assert doc["stream"] is False
+    assert doc["output_guardrail_params"] is None
+    assert doc["data"] == {"reranked_docs": []}
+    assert len(doc["id"]) == 32
+    assert doc["choices"][0]["message"] == {"role": "assistant", "content": doc["text"]}
+    assert doc["choices"][0]["finish_reason"] == "stop"
+    assert doc["usage"]["completion_tokens"] == 5
+    assert fake.requests[-1]["stream"] is False
+
+
+def test_openai_sdk_against_our_route(service: ServiceServer, fake: FakeOpenAI) -> None:
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused")
+    whole = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+    )
+    assert whole.choices[0].message.content == "Deep learning is"
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 3
+    stream = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Hi"}], stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Deep learning is great."
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+def test_disable_streaming_forces_whole_answers(fake_server: FakeServer, fake: FakeOpenAI) -> None:
+    server = ServiceServer(settings_for(fake_server.url, disable_streaming=True))
+    try:
+        resp = post(server, seed_request(True))
+        assert resp.headers["content-type"] == "application/json"
+        assert resp.json()["text"] == "Deep learning is great."
+        assert fake.requests[-1]["stream"] is False
+    finally:
+        server.close()
+
+
+def test_output_guard_gets_generated_doc(fake_server: FakeServer, fake: FakeOpenAI) -> None:
+    server = ServiceServer(settings_for(fake_server.url, output_guard_exists=True))
+    try:
+        params = {"ban_substrings": {"enabled": True}}
+        resp = post(server, seed_request(True, output_guardrail_params=params, data={"a": 1}))
+        doc = resp.json()
+        assert doc["text"] == "Deep learning is great."
+        assert doc["stream"] is True  # the guard streams it on
+        assert doc["output_guardrail_params"] == params
+        assert doc["data"] == {"a": 1}
+    finally:
+        server.close()
+
+
+# --- model-server faults -----------------------------------------------------------------
+
+
+def error_of(resp: httpx.Response) -> dict[str, Any]:
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == resp.status_code
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_refused_connection_is_503(stream: bool) -> None:
+    server = ServiceServer(settings_for(f"http://127.0.0.1:{free_port()}"))
+    try:
+        resp = post(server, seed_request(stream))
+        assert resp.status_code == 503
+        assert "unreachable" in error_of(resp)["message"]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_500_is_502(service: ServiceServer, fake: FakeOpenAI, stream: bool) -> None:
+    fake.push(Script(status=500))
+    resp = post(service, seed_request(stream))
+    assert resp.status_code == 502
+    assert "fake error 500" in error_of(resp)["message"]
+
+
+def test_upstream_429_is_503_with_retry_after(service: ServiceServer, fake: FakeOpenAI) -> None:
+    fake.push(Script(status=429, headers={"Retry-After": "7"}))
+    resp = post(service, seed_request(True))
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "7"
+    assert error_of(resp)["type"] == "upstream_unavailable"
+
+
+def test_tgi_error_shape_is_relayed(service: ServiceServer, fake: FakeOpenAI) -> None:
+    fake.push(Script(status=422, error_body={"error": "Input validation error", "error_type":
+                                             "validation"}))  # fmt: skip
+    resp = post(service, seed_request(False))
+    assert resp.status_code == 502
+    assert "Input validation error" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_slow_first_token_is_504(service: ServiceServer, fake: FakeOpenAI, stream: bool) -> None:
+    fake.push(Script(first_token_delay=1.5))  # the service's request_timeout is 1 s
+    resp = post(service, seed_request(stream))
+    assert resp.status_code == 504
+    assert error_of(resp)["type"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        Script(die_after=2),
+        Script(error_chunk_after=2),
+        Script(malformed_after=2),
+        Script(send_done=False, finish_reason=""),
+    ],
+    ids=["dies-midway", "vllm-error-chunk", "malformed-chunk", "no-done"],
+)
+def test_mid_stream_failure_is_error_event_then_done(
+    service: ServiceServer, fake: FakeOpenAI, script: Script
+) -> None:
+    fake.push(script)
+    resp = post(service, seed_request(True, data={"x": 1}))
+    assert resp.status_code == 200
+    frames = parse_frames(resp.text)
+    assert frames[-1].raw == "[DONE]"
+    error = frames[-2]
+    assert error.event == "error"
+    assert error.json()["error"]["code"] == 502
+    assert all(f.field != "json" for f in frames)  # no trailer after a failure
+    if script.die_after or script.error_chunk_after or script.malformed_after:
+        assert content_of(frames) == "Deep learning"
+
+
+def test_stream_without_done_but_finished_is_complete(
+    service: ServiceServer, fake: FakeOpenAI
+) -> None:
+    fake.push(Script(send_done=False))
+    frames = parse_frames(post(service, seed_request(True)).text)
+    assert frames[-1].raw == "[DONE]"
+    assert frames[-2].json()["choices"][0]["finish_reason"] == "stop"
+
+
+def test_openai_sdk_raises_on_mid_stream_error(service: ServiceServer, fake: FakeOpenAI) -> None:
+    fake.push(Script(die_after=1))
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="stream"):
+        list(stream)
