@@ -96,4 +96,4 @@ class ServiceServer:
 def settings_for(endpoint: str | None, **overrides: Any) -> Settings:
     """Settings for a test service, independent of the caller's environment."""
     values: dict[str, Any] = {"model_server": "openai", "model_name": "fake-model", **overrides}
-    return Settings(_env_file=None, model_server_endpoint=endpoint, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, model_server_endpoint=endpoint, **values)

@@ -78,9 +78,7 @@ def test_openai_sdk_stream_and_whole(llama_service: ServiceServer) -> None:
 
 
 def test_importable_chain_invoke_and_astream(embedded_url: str) -> None:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, model_server_endpoint=embedded_url, model_server="llamacpp"
-    )
+    settings = Settings(_env_file=None, model_server_endpoint=embedded_url, model_server="llamacpp")
     chain = build_chain(settings, max_tokens=6, temperature=0.0)
     message = chain.invoke({"question": "What is deep learning?", "reranked_docs": DOCS})
     assert isinstance(message, AIMessage)
@@ -90,7 +88,8 @@ def test_importable_chain_invoke_and_astream(embedded_url: str) -> None:
     assert 0 < message.usage_metadata["output_tokens"] <= 6
 
     async def collect() -> list[AIMessageChunk]:
-        return [c async for c in chain.astream({"messages": [{"role": "user", "content": "Hi"}]})]
+        stream = chain.astream({"messages": [{"role": "user", "content": "Hi"}]})
+        return [c async for c in stream if isinstance(c, AIMessageChunk)]
 
     chunks = asyncio.run(collect())
     total = chunks[0]
@@ -121,7 +120,7 @@ def test_chatopenai_model_step(embedded_url: str) -> None:
 
 
 def test_service_starts_and_stops_embedded_server() -> None:
-    server = ServiceServer(Settings(_env_file=None, model_server_endpoint=None))  # type: ignore[call-arg]
+    server = ServiceServer(Settings(_env_file=None, model_server_endpoint=None))
     try:
         embedded = server.app.state.embedded
         assert embedded is not None
