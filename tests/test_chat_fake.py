@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -295,3 +296,23 @@ def test_openai_sdk_raises_on_mid_stream_error(service: ServiceServer, fake: Fak
     )
     with pytest.raises(openai.APIError, match="stream"):
         list(stream)
+
+
+def test_client_disconnect_closes_upstream(service: ServiceServer, fake: FakeOpenAI) -> None:
+    fake.push(Script(tokens=[f" t{i}" for i in range(200)], token_delay=0.02))
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST",
+            f"{service.url}/v1/chat/completions",
+            json=seed_request(True, max_new_tokens=200),
+        ) as resp,
+    ):
+        first = next(resp.iter_bytes())
+        assert b"chat.completion.chunk" in first
+    # The client is gone: the model server's stream is cut long before its 4 s of tokens.
+    deadline = time.monotonic() + 1.0
+    while fake.open_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.open_streams == 0
+    assert fake.streams_cut == 1 and fake.streams_finished == 0
