@@ -21,8 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_service import __version__
 from llm_service.api import health, opea
+from llm_service.chain import build_prompt_step
 from llm_service.errors import InvalidRequest, ServiceError
-from llm_service.prompting import PromptBuilder
+from llm_service.prompting import PromptLibrary
 from llm_service.schemas import ChatRequest
 from llm_service.service import ChatService
 from llm_service.settings import Settings
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service as an ASGI app. ``settings`` default to ``Settings.load()``."""
     settings = settings or Settings.load()
-    # Fail before serving anything if the prompt template is unusable.
-    prompt = PromptBuilder.from_folder(settings.prompts_dir, settings.prompt_template)
+    # Fail before serving anything if a prompt template is unusable.
+    PromptLibrary.load(settings.prompts_dir, settings.prompt_template)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             endpoint = await embedded.start()
         client = build_client(settings, endpoint)
         await client.start()
-        app.state.service = ChatService(settings, client, prompt)
+        app.state.service = ChatService(settings, client, build_prompt_step(settings, client))
         app.state.embedded = embedded
         try:
             yield

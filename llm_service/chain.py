@@ -19,7 +19,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 
 from llm_service.model import UpstreamChatModel
-from llm_service.prompting import PromptBuilder
+from llm_service.prompting import PromptLibrary, PromptStep
 from llm_service.settings import Settings
 from llm_service.upstream import build_client
 from llm_service.upstream.client import UpstreamClient
@@ -99,7 +99,7 @@ def build_chain(
     *,
     endpoint: str | None = None,
     client: UpstreamClient | None = None,
-    prompt: PromptBuilder | None = None,
+    prompt: PromptStep | None = None,
     model: BaseChatModel | None = None,
     **params: Any,
 ) -> Runnable[Mapping[str, Any], BaseMessage]:
@@ -112,7 +112,31 @@ def build_chain(
     top_p, top_k, typical_p, repetition_penalty, stop, seed) are bound to the model step.
     """
     settings = settings or Settings.load()
-    prompt = prompt or PromptBuilder.from_folder(settings.prompts_dir, settings.prompt_template)
-    model = model or build_model(settings, endpoint=endpoint, client=client)
+    if client is None and (prompt is None or model is None):
+        client = build_client(settings, resolve_endpoint(settings, endpoint))
+    if prompt is None:
+        assert client is not None
+        prompt = build_prompt_step(settings, client, max_tokens=params.get("max_tokens"))
+    model = model or build_model(settings, client=client)
     bound = bind_params(settings, model, params)
-    return (prompt.as_runnable() | bound).with_config(run_name="llm_service")
+    chain: Runnable[Mapping[str, Any], BaseMessage] = (prompt.as_runnable() | bound).with_config(
+        run_name="llm_service"
+    )
+    return chain
+
+
+def build_prompt_step(
+    settings: Settings, client: UpstreamClient, *, max_tokens: int | None = None
+) -> PromptStep:
+    """The prompt step: the templates of ``LLM_PROMPTS_DIR`` and the server's token budget."""
+    from llm_service.upstream.tokens import ServerBudget
+
+    window = settings.max_model_len or (settings.embedded_n_ctx if settings.embedded else None)
+    budget = ServerBudget(
+        client,
+        settings.model_server,
+        settings.model_name,
+        max_model_len=window,
+        default_max_tokens=max_tokens or settings.default_max_tokens,
+    )
+    return PromptStep(PromptLibrary.load(settings.prompts_dir, settings.prompt_template), budget)

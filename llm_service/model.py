@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, TypeVar
 
 from langchain_core.callbacks import (
@@ -23,6 +23,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
+from llm_service.aio import run_sync
 from llm_service.settings import ModelServer
 from llm_service.upstream.client import Chunk, UpstreamClient
 from llm_service.upstream.params import sampling_payload
@@ -177,7 +178,7 @@ class UpstreamChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return _run_in_thread(lambda: self._agenerate(messages, stop, **kwargs))
+        return run_sync(lambda: self._agenerate(messages, stop, **kwargs))
 
     def _stream(
         self,
@@ -206,21 +207,3 @@ class UpstreamChatModel(BaseChatModel):
                 run_manager.on_llm_new_token(item.text, chunk=item)
             yield item
         thread.join()
-
-
-def _run_in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = asyncio.run(make())
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="llm-service-sync")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    result: T = box["result"]
-    return result

@@ -8,9 +8,9 @@ the hot path writes the same shapes with orjson instead of building models per c
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -32,6 +32,19 @@ class HistoryTurn(BaseModel):
 
     question: str = Field("", max_length=MAX_TEXT)
     answer: str = Field("", max_length=MAX_TEXT)
+
+
+def _history_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "message" if "role" in value else "turn"
+    return "message" if hasattr(value, "role") else "turn"
+
+
+HistoryItem = Annotated[
+    Annotated[ChatMessage, Tag("message")] | Annotated[HistoryTurn, Tag("turn")],
+    Discriminator(_history_kind),
+]
+"""A history item: the seed's ``{question, answer}`` turn or an OpenAI message."""
 
 
 class RerankedDoc(BaseModel):
@@ -61,7 +74,10 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] | None = Field(None, max_length=10_000)
     question: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
     reranked_docs: list[RerankedDoc] = Field(default_factory=list, max_length=10_000)
-    history: list[HistoryTurn] = Field(default_factory=list, max_length=10_000)
+    history: list[HistoryItem] = Field(default_factory=list, max_length=10_000)
+    prompt_template: str | None = Field(None, min_length=1, max_length=128)
+    system_prompt_template: str | None = Field(None, max_length=MAX_TEXT)
+    user_prompt_template: str | None = Field(None, max_length=MAX_TEXT)
 
     model: str | None = Field(None, max_length=512)
     max_new_tokens: int | None = Field(None, ge=1)

@@ -1,96 +1,118 @@
 """The service: what one chat-completion request does, independent of the web framework.
 
-A request is normalised into a RAG input, the chain's prompt step builds the messages, and
-the answer comes either straight from the upstream client (default: fastest) or through the
-chain (when the model step is ChatOpenAI, or LangChain callbacks/tracing are configured).
-Both ways give the same bytes.
+A request is normalised into the chain's input, the chain's prompt step builds the messages
+(within the token budget), and the answer comes either straight from the upstream client
+(default: fastest) or through the chain's model step (when it is ChatOpenAI, or LangSmith
+tracing is on). Both ways give the same bytes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from langsmith.utils import tracing_is_enabled
 
 from llm_service.chain import bind_params, build_chain, build_model
+from llm_service.documents import citation_of, cited_ids, trailer_document
 from llm_service.errors import InvalidRequest
-from llm_service.model import message_to_dict
-from llm_service.prompting import PromptBuilder, PromptError, trailer_document
+from llm_service.prompting import BuiltPrompt, PromptError, PromptStep
 from llm_service.schemas import ChatRequest
 from llm_service.settings import Settings
 from llm_service.streaming import Answer, OpenAIChunkEncoder, relay_chain, relay_upstream
 from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.params import sampling_payload
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Prepared:
-    """A validated request, ready to send."""
+    """A validated request with its prompt built, ready to send."""
 
     request: ChatRequest
-    messages: list[BaseMessage]
+    built: BuiltPrompt
     params: dict[str, Any]
-    prompt: str
-    trailer: dict[str, Any] | None
+    prompt: str  # the question (or last user message), as the seed's GeneratedDoc.prompt
+
+    def trailer(self, answer_text: str) -> dict[str, Any] | None:
+        """The ``json:`` trailer / GeneratedDoc ``data``.
+
+        Seed form: the request's ``data`` as it came. RAG form: the documents used (without
+        text), the citation ids the answer used, and what the token budget did.
+        """
+        request = self.request
+        if request.question is None or request.messages:
+            return request.data
+        out: dict[str, Any] = dict(request.data or {})
+        docs = self.built.docs
+        out.setdefault("reranked_docs", [trailer_document(d) for d in docs])
+        out["citations"] = cited_ids(answer_text, (citation_of(d) for d in docs))
+        if self.built.context is not None:
+            out["context"] = self.built.context.as_dict()
+        return out
 
 
 class ChatService:
-    """Answers chat-completion requests with one prompt builder and one model server."""
+    """Answers chat-completion requests with one prompt step and one model server."""
 
     def __init__(
         self,
         settings: Settings,
         client: UpstreamClient,
-        prompt: PromptBuilder,
+        prompt: PromptStep,
         *,
-        through_chain: bool = False,
+        model: BaseChatModel | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.prompt = prompt
-        self.model = build_model(settings, client=client)
-        self.chain = build_chain(settings, prompt=prompt, model=self.model)
+        self.model = model or build_model(settings, client=client)
+        self.chain = build_chain(settings, client=client, prompt=prompt, model=self.model)
         self.model_name = settings.model_name
-        self.through_chain = (
-            through_chain or settings.model_client != "fast" or tracing_is_enabled()
-        )
+        self.through_chain = settings.model_client != "fast" or tracing_is_enabled()
 
     # --- preparing -----------------------------------------------------------------------
 
-    def prepare(self, request: ChatRequest) -> Prepared:
+    async def prepare(self, request: ChatRequest) -> Prepared:
+        params = self._params(request)
+        inp: dict[str, Any]
         if request.messages:
-            rag_input: dict[str, Any] = {
-                "messages": [m.model_dump(exclude_none=True) for m in request.messages]
-            }
+            inp = {"messages": [m.model_dump(exclude_none=True) for m in request.messages]}
             prompt_text = next(
                 (m.content for m in reversed(request.messages) if m.role == "user"), ""
             )
         else:
             assert request.question is not None  # the schema guarantees one of the two
-            rag_input = {
+            inp = {
                 "question": request.question,
                 "reranked_docs": [d.model_dump() for d in request.reranked_docs],
-                "history": [h.model_dump() for h in request.history],
+                "history": [h.model_dump(exclude_none=True) for h in request.history],
+                "prompt_template": request.prompt_template,
+                "system_prompt_template": request.system_prompt_template,
+                "user_prompt_template": request.user_prompt_template,
             }
             prompt_text = request.question
         try:
-            messages = self.prompt.build(rag_input)
+            built = await self.prompt.abuild(inp, params["max_tokens"])
         except PromptError as exc:
-            raise InvalidRequest(str(exc), param="messages") from None
-        return Prepared(
-            request=request,
-            messages=messages,
-            params=self._params(request),
-            prompt=prompt_text,
-            trailer=self._trailer(request),
-        )
+            raise InvalidRequest(str(exc), param=exc.param) from None
+        context = built.context
+        if context is not None and (context.docs_dropped or context.history_dropped):
+            log.info(
+                "token budget: kept %d docs (dropped %d), dropped %d history turns, "
+                "truncated=%s, prompt ~%d tokens of %s",
+                context.docs_used, context.docs_dropped, context.history_dropped,
+                context.truncated_doc, context.prompt_tokens, context.budget,
+            )  # fmt: skip
+        return Prepared(request=request, built=built, params=params, prompt=prompt_text)
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         max_tokens = (
@@ -114,20 +136,10 @@ class ChatService:
             "seed": request.seed,
         }
 
-    @staticmethod
-    def _trailer(request: ChatRequest) -> dict[str, Any] | None:
-        if request.data is not None:
-            return request.data
-        if request.reranked_docs:
-            return {
-                "reranked_docs": [trailer_document(d.model_dump()) for d in request.reranked_docs]
-            }
-        return None
-
     def payload(self, prepared: Prepared) -> dict[str, Any]:
         return {
             "model": self.model_name,
-            "messages": [message_to_dict(m) for m in prepared.messages],
+            "messages": prepared.built.messages,
             **sampling_payload(self.settings.model_server, prepared.params),
         }
 
@@ -137,14 +149,16 @@ class ChatService:
 
     # --- answering -----------------------------------------------------------------------
 
-    def stream(self, prepared: Prepared, answer: Answer) -> AsyncGenerator[bytes, None]:
-        """SSE bytes of the answer (errors become an error event, then a clean end)."""
+    def stream(self, prepared: Prepared) -> AsyncGenerator[bytes, None]:
+        """SSE bytes of the answer. Errors before the first frame raise; after it they
+        become an error event and a clean end."""
         options = prepared.request.stream_options
         encoder = OpenAIChunkEncoder(
             self.model_name, include_usage=bool(options and options.include_usage)
         )
+        answer = Answer()
         if self.through_chain:
-            chunks: AsyncIterator[Any] = self.bound_model(prepared).astream(prepared.messages)
+            chunks: AsyncIterator[Any] = self.bound_model(prepared).astream(prepared.built.messages)
             return relay_chain(chunks, encoder, answer, prepared.trailer)
         payload = self.payload(prepared)
         payload["stream_options"] = {"include_usage": True}
@@ -152,9 +166,9 @@ class ChatService:
 
     async def complete(self, prepared: Prepared) -> dict[str, Any]:
         """The whole answer as a GeneratedDoc (+ OpenAI chat.completion fields)."""
-        text: str
+        usage: Mapping[str, Any] | None
         if self.through_chain:
-            message = await self.bound_model(prepared).ainvoke(prepared.messages)
+            message = await self.bound_model(prepared).ainvoke(prepared.built.messages)
             text = str(message.text)
             finish = message.response_metadata.get("finish_reason")
             usage_md = getattr(message, "usage_metadata", None)
@@ -173,15 +187,6 @@ class ChatService:
             text = (choice.get("message") or {}).get("content") or ""
             finish = choice.get("finish_reason")
             usage = result.get("usage")
-        return self.generated_doc(prepared, text, finish, usage)
-
-    def generated_doc(
-        self,
-        prepared: Prepared,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, Any] | None,
-    ) -> dict[str, Any]:
         request = prepared.request
         return {
             "id": uuid.uuid4().hex,
@@ -189,7 +194,7 @@ class ChatService:
             "prompt": prepared.prompt,
             "stream": request.wants_stream(),
             "output_guardrail_params": request.output_guardrail_params,
-            "data": prepared.trailer,
+            "data": prepared.trailer(text),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model_name,
@@ -197,7 +202,7 @@ class ChatService:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish_reason or "stop",
+                    "finish_reason": finish or "stop",
                 }
             ],
             "usage": usage,

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         None, description="Folder of prompt templates (default: the bundled prompts/)."
     )
     prompt_template: str = Field("default", description="Prompt template used to build prompts.")
+    max_model_len: int | None = Field(
+        None,
+        ge=64,
+        description="Context window in tokens when the model server does not report one "
+        "(vLLM does; the embedded server uses LLM_EMBEDDED_N_CTX).",
+    )
     default_max_tokens: int = Field(
         1024, ge=1, le=1_000_000, description="max_tokens when a request names none."
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,9 @@ from llm_service.upstream.client import Chunk
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
+
+Trailer = Callable[[str], Mapping[str, Any] | None]
+"""Makes the ``json:`` trailer from the whole answer text (e.g. to report citations)."""
 
 
 def completion_id() -> str:
@@ -88,7 +91,7 @@ async def relay_upstream(
     batches: AsyncIterator[list[Chunk]],
     encoder: OpenAIChunkEncoder,
     answer: Answer,
-    trailer: Mapping[str, Any] | None,
+    trailer: Trailer,
 ) -> AsyncGenerator[bytes, None]:
     """Upstream chunk batches to SSE bytes, one write per batch: the hot path.
 
@@ -116,7 +119,7 @@ async def relay_upstream(
             if out:
                 started = True
                 yield b"".join(out)
-        yield encoder.finish(answer.finish_reason, answer.usage) + DONE + encoder.trailer(trailer)
+        yield _end(encoder, answer, trailer)
     except Exception as exc:
         if not started:
             raise as_service_error(exc) from None
@@ -129,7 +132,7 @@ async def relay_chain(
     chunks: AsyncIterator[BaseMessageChunk],
     encoder: OpenAIChunkEncoder,
     answer: Answer,
-    trailer: Mapping[str, Any] | None,
+    trailer: Trailer,
 ) -> AsyncGenerator[bytes, None]:
     """The chain's message chunks to the same SSE bytes as ``relay_upstream``."""
     started = False
@@ -149,13 +152,21 @@ async def relay_chain(
                 started = True
                 answer.text_parts.append(text)
                 yield encoder.content(text)
-        yield encoder.finish(answer.finish_reason, answer.usage) + DONE + encoder.trailer(trailer)
+        yield _end(encoder, answer, trailer)
     except Exception as exc:
         if not started:
             raise as_service_error(exc) from None
         yield _error_end(encoder, exc)
     finally:
         await _aclose(chunks)
+
+
+def _end(encoder: OpenAIChunkEncoder, answer: Answer, trailer: Trailer) -> bytes:
+    return (
+        encoder.finish(answer.finish_reason, answer.usage)
+        + DONE
+        + encoder.trailer(trailer(answer.text))
+    )
 
 
 def _error_end(encoder: OpenAIChunkEncoder, exc: Exception) -> bytes:

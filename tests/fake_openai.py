@@ -55,6 +55,8 @@ class FakeOpenAI:
         self.streams_finished = 0
         self.streams_cut = 0  # the client went away before the end
         self.open_streams = 0
+        self.max_model_len: int | None = 4096  # reported in /v1/models, as vLLM does
+        self.tokenize_calls = 0
 
     def push(self, *scripts: Script) -> None:
         self.scripts.extend(scripts)
@@ -64,23 +66,33 @@ class FakeOpenAI:
         self.requests.clear()
         self.headers.clear()
         self.streams_started = self.streams_finished = self.streams_cut = 0
+        self.max_model_len = 4096
+        self.tokenize_calls = 0
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        app.router.add_post("/tokenize", self.tokenize)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
 
     async def models(self, request: web.Request) -> web.Response:
-        body = {
-            "object": "list",
-            "data": [{"id": self.model, "object": "model", "max_model_len": 4096}],
-        }
-        return web.json_response(body)
+        model: dict[str, Any] = {"id": self.model, "object": "model"}
+        if self.max_model_len is not None:
+            model["max_model_len"] = self.max_model_len
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize, with one token per whitespace-separated word."""
+        body = await request.json(loads=orjson.loads)
+        self.tokenize_calls += 1
+        count = len(str(body.get("prompt", "")).split())
+        return web.json_response({"count": count, "max_model_len": self.max_model_len,
+                                  "tokens": list(range(count))})  # fmt: skip
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json(loads=orjson.loads)

@@ -129,12 +129,14 @@ def test_question_and_docs_build_prompt(service: ServiceServer, fake: FakeOpenAI
     assert "User: Hi\nAssistant: Hello!" in system["content"]
     assert "### Question: What is deep learning?" in user["content"]
     trailer = frames[-1].json()
-    assert trailer == {"reranked_docs": [
+    assert trailer["citations"] == []  # the fake's answer cites nothing
+    assert trailer["context"]["docs_used"] == 2 and trailer["context"]["docs_dropped"] == 0
+    assert trailer["reranked_docs"] == [
         {"url": "https://example.com/dl", "type": "link", "citation_id": 1,
          "vector_distance": 0.23, "reranker_score": 0.83},
         {"bucket_name": "docs", "object_name": "a.pdf", "type": "file", "citation_id": 2,
          "reranker_score": 0.5},
-    ]}  # fmt: skip
+    ]  # fmt: skip
 
 
 # --- whole answers -------------------------------------------------------------------------
@@ -316,3 +318,39 @@ def test_client_disconnect_closes_upstream(service: ServiceServer, fake: FakeOpe
         time.sleep(0.01)
     assert fake.open_streams == 0
     assert fake.streams_cut == 1 and fake.streams_finished == 0
+
+
+def test_token_budget_with_vllm_tokenizer(fake_server: FakeServer, fake: FakeOpenAI) -> None:
+    """vLLM reports max_model_len and counts tokens: the lowest-ranked docs are dropped."""
+    server = ServiceServer(settings_for(fake_server.url, model_server="vllm"))
+    try:
+        docs = [
+            {"text": " ".join(f"d{i}w{j}" for j in range(1000)),
+             "metadata": {"url": f"https://ex.com/{i}", "citation_id": i + 1}}
+            for i in range(6)
+        ]  # fmt: skip
+        body = {"question": "q?", "reranked_docs": docs, "max_new_tokens": 1000, "stream": False}
+        doc = post(server, body).json()
+        context = doc["data"]["context"]
+        # 4096 - 1000 = 3096 tokens for the prompt: two docs of ~1003 "tokens" fit, a third
+        # would not.
+        assert context["max_model_len"] == 4096 and context["budget"] == 3096
+        assert context["counted_by"] == "server"
+        assert (context["docs_used"], context["docs_dropped"]) == (2, 4)
+        assert context["prompt_tokens"] <= 3096
+        assert fake.tokenize_calls > 0
+        sent = fake.requests[-1]["messages"][0]["content"]
+        assert "[2] (https://ex.com/1)" in sent and "[3] (https://ex.com/2)" not in sent
+        assert [d["citation_id"] for d in doc["data"]["reranked_docs"]] == [1, 2]
+        # max_tokens that leave no room for a prompt are refused, naming the field.
+        resp = post(server, {**body, "max_new_tokens": 5000})
+        assert resp.status_code == 422 and resp.json()["error"]["param"] == "max_tokens"
+    finally:
+        server.close()
+
+
+def test_citations_reported_from_the_answer(service: ServiceServer, fake: FakeOpenAI) -> None:
+    fake.push(Script(tokens=["Deep", " learning", " [2]", " uses", " nets", " [1][9]."]))
+    body = {"question": "q", "reranked_docs": DOCS, "stream": True}
+    frames = parse_frames(post(service, body).text)
+    assert frames[-1].json()["citations"] == [2, 1]  # 9 is no document's id

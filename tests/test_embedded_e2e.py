@@ -138,3 +138,38 @@ def test_service_starts_and_stops_embedded_server() -> None:
         raise AssertionError("embedded server still answers after shutdown")
     except httpx.TransportError:
         pass
+
+
+def test_overflowing_docs_are_dropped_not_refused() -> None:
+    """A real context overflow: llama.cpp with n_ctx=512 refuses the whole prompt, the
+    service drops the lowest-ranked documents and answers 200."""
+    server = ServiceServer(Settings(_env_file=None, model_server_endpoint=None, embedded_n_ctx=512))
+    try:
+        docs = [
+            {"text": f"Fact {i}: " + "deep learning stacks many neural network layers. " * 12,
+             "metadata": {"url": f"https://example.com/{i}", "citation_id": i + 1}}
+            for i in range(12)
+        ]  # fmt: skip
+        body = {"question": "What is deep learning?", "reranked_docs": docs,
+                "max_new_tokens": 32, "stream": False}  # fmt: skip
+        resp = post(server, body)
+        assert resp.status_code == 200, resp.text
+        doc = resp.json()
+        context = doc["data"]["context"]
+        assert context["counted_by"] == "server" and context["max_model_len"] == 512
+        assert context["docs_dropped"] > 0 and context["docs_used"] >= 1
+        assert doc["usage"]["prompt_tokens"] <= 512 - 32
+        assert doc["text"].strip()
+        # The same prompt with every document overflows the real server.
+        everything = "\n\n".join(str(d["text"]) for d in docs)
+        full = httpx.post(
+            f"{server.app.state.embedded.url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": everything}], "max_tokens": 32},
+            timeout=60,
+        )
+        assert full.status_code >= 400
+        # Streaming answers carry the same report in the trailer.
+        frames = parse_frames(post(server, {**body, "stream": True}).text)
+        assert frames[-1].json()["context"]["docs_dropped"] == context["docs_dropped"]
+    finally:
+        server.close()

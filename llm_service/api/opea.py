@@ -18,7 +18,6 @@ from starlette.types import Receive, Scope, Send
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.schemas import ChatRequest, ErrorResponse, GeneratedDoc
 from llm_service.service import ChatService
-from llm_service.streaming import Answer
 
 router = APIRouter()
 
@@ -129,11 +128,11 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
 async def chat_completions(request: Request) -> Response:
     service: ChatService = request.app.state.service
     body = await read_body(request, service.settings.max_body_bytes)
-    prepared = service.prepare(parse_request(body))
+    prepared = await service.prepare(parse_request(body))
     settings = service.settings
     stream = prepared.request.wants_stream()
     if stream and not settings.disable_streaming and not settings.output_guard_exists:
-        frames = service.stream(prepared, Answer())
+        frames = service.stream(prepared)
         try:
             first = await anext(frames)  # upstream errors before it get a status code
         except BaseException:

@@ -195,6 +195,30 @@ class UpstreamClient:
                 else:
                     resp.close()  # drop the connection: the model server stops generating
 
+    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST ``body`` to ``path`` (e.g. ``/tokenize``) and return the parsed JSON reply."""
+        try:
+            async with (
+                self.session() as session,
+                session.post(
+                    f"{self.base_url}{path}",
+                    data=orjson.dumps(body),
+                    headers=await self._headers(session),
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as resp,
+            ):
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _status_error(resp.status, raw, None)
+        except TimeoutError:
+            raise UpstreamTimeout(f"model server did not answer {path} in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"model server unreachable: {exc}") from None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"model server sent non-JSON from {path}") from None
+
     async def models(self) -> Chunk:
         """``GET /v1/models``: used for readiness and to learn the served model."""
         try:

@@ -1,0 +1,131 @@
+"""Reranked documents and conversation history: how they enter the prompt and leave it.
+
+Documents are TextDoc-like dicts ``{text, metadata: {url | bucket_name + object_name,
+citation_id, vector_distance, reranker_score, Header1..Header7}}``, best-ranked first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+HEADER_KEYS = tuple(f"Header{i}" for i in range(1, 8))
+_CITATION = re.compile(r"\[(\w{1,32})\]")
+
+
+def doc_source(metadata: Mapping[str, Any]) -> str | None:
+    """The document's source: its URL, or ``bucket/object`` for stored files."""
+    url = metadata.get("url")
+    if url:
+        return str(url)
+    bucket, obj = metadata.get("bucket_name"), metadata.get("object_name")
+    if bucket and obj:
+        return f"{bucket}/{obj}"
+    return str(obj) if obj else None
+
+
+def citation_of(doc: Mapping[str, Any]) -> Any | None:
+    """The id a document may be cited by: only documents with a source and an id have one."""
+    metadata = doc.get("metadata") or {}
+    citation = metadata.get("citation_id")
+    if citation is None or citation == "" or doc_source(metadata) is None:
+        return None
+    return citation
+
+
+def format_document(doc: Mapping[str, Any]) -> str:
+    """``[citation_id] (source)``, optional ``Section: H1 > H2`` and ``Content: text``.
+
+    A document with no usable source is still included, without a citation id.
+    """
+    metadata = doc.get("metadata") or {}
+    lines: list[str] = []
+    source = doc_source(metadata)
+    citation = citation_of(doc)
+    if source is not None:
+        lines.append(f"[{citation}] ({source})" if citation is not None else f"({source})")
+    section = " > ".join(str(metadata[key]) for key in HEADER_KEYS if metadata.get(key))
+    if section:
+        lines.append(f"Section: {section}")
+    lines.append(f"Content: {doc.get('text', '')}")
+    return "\n".join(lines)
+
+
+def join_documents(formatted: Iterable[str]) -> str:
+    return "\n\n".join(formatted)
+
+
+def unique_documents(docs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Documents with the same text (ignoring surrounding whitespace) are sent once:
+    the best-ranked copy is kept."""
+    seen: set[str] = set()
+    out: list[Mapping[str, Any]] = []
+    for doc in docs:
+        key = str(doc.get("text", "")).strip()
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(doc)
+    return out
+
+
+def format_turn(turn: Mapping[str, Any]) -> str:
+    """One history item, either the seed's ``{question, answer}`` or an OpenAI message."""
+    if "role" in turn:
+        speaker = "User" if turn["role"] == "user" else "Assistant"
+        if turn["role"] == "system":
+            speaker = "System"
+        return f"{speaker}: {turn.get('content', '')}"
+    lines = []
+    if turn.get("question"):
+        lines.append(f"User: {turn['question']}")
+    if turn.get("answer"):
+        lines.append(f"Assistant: {turn['answer']}")
+    return "\n".join(lines)
+
+
+def format_history(history: Sequence[Mapping[str, Any]]) -> str:
+    return "\n".join(line for line in (format_turn(t) for t in history) if line)
+
+
+def history_messages(history: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """History as prior chat turns, for templates without a ``{history}`` slot."""
+    out: list[dict[str, str]] = []
+    for turn in history:
+        if "role" in turn:
+            out.append({"role": str(turn["role"]), "content": str(turn.get("content", ""))})
+            continue
+        if turn.get("question"):
+            out.append({"role": "user", "content": str(turn["question"])})
+        if turn.get("answer"):
+            out.append({"role": "assistant", "content": str(turn["answer"])})
+    return out
+
+
+def trailer_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The document as reported back to the caller: its source and scores, no text."""
+    metadata = doc.get("metadata") or {}
+    out: dict[str, Any] = {}
+    if metadata.get("url"):
+        out["url"] = metadata["url"]
+        out["type"] = "link"
+    elif metadata.get("object_name"):
+        out["bucket_name"] = metadata.get("bucket_name")
+        out["object_name"] = metadata["object_name"]
+        out["type"] = "file"
+    for key in ("citation_id", "vector_distance", "reranker_score"):
+        if key in metadata:
+            out[key] = metadata[key]
+    return out
+
+
+def cited_ids(answer: str, citable: Iterable[Any]) -> list[Any]:
+    """Citation ids the answer used (``[n]``), in order of first use, only ids that exist."""
+    by_text = {str(c): c for c in citable if c is not None}
+    found: list[Any] = []
+    for match in _CITATION.finditer(answer):
+        citation = by_text.get(match.group(1))
+        if citation is not None and citation not in found:
+            found.append(citation)
+    return found
