@@ -77,7 +77,9 @@ class ChatService:
         self.model = model or build_model(settings, client=client)
         self.chain = build_chain(settings, client=client, prompt=prompt, model=self.model)
         self.model_name = settings.model_name
-        self.through_chain = settings.model_client != "fast" or tracing_is_enabled()
+        self.through_chain = (
+            settings.route_via_chain or settings.model_client != "fast" or tracing_is_enabled()
+        )
 
     # --- preparing -----------------------------------------------------------------------
 

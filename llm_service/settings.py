@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         description="Model step of the chain: 'fast' (lean aiohttp client) or 'chatopenai' "
         "(langchain-openai ChatOpenAI, streamed through the chain).",
     )
+    route_via_chain: bool = Field(
+        False,
+        description="Stream the HTTP route through the LangChain chain's model step "
+        "(callbacks, tracing) instead of straight from the upstream client. Automatic when "
+        "LangSmith tracing is on or LLM_MODEL_CLIENT=chatopenai.",
+    )
     prompts_dir: Path | None = Field(
         None, description="Folder of prompt templates (default: the bundled prompts/)."
     )

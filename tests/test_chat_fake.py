@@ -354,3 +354,37 @@ def test_citations_reported_from_the_answer(service: ServiceServer, fake: FakeOp
     body = {"question": "q", "reranked_docs": DOCS, "stream": True}
     frames = parse_frames(post(service, body).text)
     assert frames[-1].json()["citations"] == [2, 1]  # 9 is no document's id
+
+
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": True}])
+def test_route_via_chain_gives_the_same_sse(
+    fake_server: FakeServer, fake: FakeOpenAI, service: ServiceServer, stream_options: Any
+) -> None:
+    """The fast relay and the chain's model step turn the same upstream bytes into the same
+    SSE (completion ids and timestamps aside)."""
+    via_chain = ServiceServer(settings_for(fake_server.url, route_via_chain=True))
+    try:
+        body = {"question": "q", "reranked_docs": DOCS, "stream": True, "max_new_tokens": 4}
+        if stream_options:
+            body["stream_options"] = stream_options
+        script = Script(tokens=["A", " [1]", " b", "c", "d"], tokens_per_write=2)
+
+        def normalized(server: ServiceServer) -> list[Any]:
+            fake.push(script)
+            out: list[Any] = []
+            for frame in parse_frames(post(server, body).text):
+                if frame.raw == "[DONE]":
+                    out.append("[DONE]")
+                    continue
+                data = frame.json()
+                if frame.field == "data":
+                    assert data.pop("id").startswith("chatcmpl-") and data.pop("created") > 0
+                out.append((frame.event, frame.field, data))
+            return out
+
+        fast, chained = normalized(service), normalized(via_chain)
+        assert fast == chained
+        assert len(fast) == 4 + 1 + (1 if stream_options else 0) + 2  # tokens, finish, [usage]
+        assert fast[-1][2]["citations"] == [1]
+    finally:
+        via_chain.close()
