@@ -388,3 +388,22 @@ def test_route_via_chain_gives_the_same_sse(
         assert fast[-1][2]["citations"] == [1]
     finally:
         via_chain.close()
+
+
+def test_fastapi_route_and_hot_path_answer_alike(
+    fake_server: FakeServer, fake: FakeOpenAI, service: ServiceServer
+) -> None:
+    plain = ServiceServer(settings_for(fake_server.url), hot_path=False)
+    try:
+        for server in (service, plain):
+            frames = parse_frames(post(server, seed_request(True, data={"k": 1})).text)
+            assert content_of(frames) == "Deep learning is great."
+            assert frames[-1].json() == {"k": 1}
+            assert post(server, seed_request(False)).json()["text"] == "Deep learning is great."
+            bad = post(server, {"messages": []})
+            assert bad.status_code == 422 and bad.json()["error"]["param"] == "messages"
+            fake.push(Script(status=503, headers={"Retry-After": "3"}))
+            busy = post(server, seed_request(True))
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "3"
+    finally:
+        plain.close()

@@ -1,75 +1,61 @@
 """``POST /v1/chat/completions``: the seed's OPEA route, also OpenAI-compatible.
 
-The body is parsed straight from bytes by pydantic (no FastAPI body machinery on the hot
-path); the OpenAPI schema still documents ``ChatRequest`` (see ``app.py``).
+The handler is a plain ASGI function (``handle_chat``): it reads the body bytes, parses them
+straight into ``ChatRequest`` with pydantic-core, and writes pre-encoded SSE frames with one
+ASGI send per upstream read. The FastAPI route below declares it (OpenAPI, docs) and runs
+it; ``HotPath`` runs the same function ahead of the middleware stack, which would otherwise
+wrap every per-chunk send in several layers of Starlette/FastAPI middleware.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.schemas import ChatRequest, ErrorResponse, GeneratedDoc
 from llm_service.service import ChatService
 
+log = logging.getLogger(__name__)
+
 router = APIRouter()
+
+PATH = "/v1/chat/completions"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (413, 422, 502, 503, 504)
 }
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
-class SSEResponse(StreamingResponse):
-    """Server-sent events from an async byte iterator, one ASGI send per item.
-
-    Lighter than sse-starlette's per-event machinery (the encoder already produced SSE
-    frames), and it always closes the iterator, so a client that goes away cancels the
-    upstream request at once.
-    """
-
-    body_iterator: AsyncGenerator[bytes, None]
-
-    def __init__(self, first: bytes, body: AsyncGenerator[bytes, None]) -> None:
-        self.first = first
-        super().__init__(
-            body,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            media_type="text/event-stream",
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await send({"type": "http.response.body", "body": self.first, "more_body": True})
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # the client went away
-        finally:
-            await self.body_iterator.aclose()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 once it passes ``limit`` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise ServiceError(
-            f"request body is {length} bytes; the limit is {limit}",
-            status=413,
-            type="invalid_request_error",
-            param="body",
-        )
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, or 413 as soon as it passes ``limit`` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise ServiceError(
+                f"request body is {int(value)} bytes; the limit is {limit}",
+                status=413,
+                type="invalid_request_error",
+                param="body",
+            )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ServiceError("client disconnected", status=499, type="client_closed")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise ServiceError(
@@ -79,7 +65,8 @@ async def read_body(request: Request, limit: int) -> bytes:
                 param="body",
             )
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_request(body: bytes) -> ChatRequest:
@@ -105,8 +92,77 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest("; ".join(problems), param=first)
 
 
+async def send_error(send: Send, exc: ServiceError) -> None:
+    headers = list(_JSON_HEADERS)
+    if exc.retry_after:
+        headers.append((b"retry-after", exc.retry_after.encode()))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": orjson.dumps(exc.body())})
+
+
+async def handle_chat(service: ChatService, scope: Scope, receive: Receive, send: Send) -> None:
+    """The whole route as an ASGI function (see the module docstring)."""
+    try:
+        body = await read_body(scope, receive, service.settings.max_body_bytes)
+        prepared = await service.prepare(parse_request(body))
+        settings = service.settings
+        if (
+            prepared.request.wants_stream()
+            and not settings.disable_streaming
+            and not settings.output_guard_exists
+        ):
+            frames = service.stream(prepared)
+            try:
+                first = await anext(frames)  # upstream errors before it get a status code
+            except BaseException:
+                await frames.aclose()
+                raise
+            await stream_frames(send, first, frames)
+            return
+        doc = await service.complete(prepared)
+    except ServiceError as exc:
+        if exc.status >= 500:
+            log.warning("POST %s -> %d: %s", PATH, exc.status, exc.message)
+        if exc.status != 499:
+            await send_error(send, exc)
+        return
+    except Exception:
+        log.exception("unexpected error on POST %s", PATH)
+        await send_error(send, ServiceError("internal error", status=500))
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+    await send({"type": "http.response.body", "body": orjson.dumps(doc)})
+
+
+async def stream_frames(send: Send, first: bytes, frames: AsyncGenerator[bytes, None]) -> None:
+    """SSE frames, one ASGI send each; the iterator is always closed, so a client that goes
+    away cancels the upstream request at once."""
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        message: Message = {"type": "http.response.body", "body": first, "more_body": True}
+        await send(message)
+        async for frame in frames:
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass  # the client went away (uvicorn raises ClientDisconnected on send)
+    finally:
+        await frames.aclose()
+
+
+class _ASGIResponse(Response):
+    """Lets a FastAPI route hand the real ``send`` to a raw ASGI handler."""
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Any]) -> None:
+        super().__init__()
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
 @router.post(
-    "/v1/chat/completions",
+    PATH,
     response_model=GeneratedDoc,
     responses={
         200: {
@@ -127,17 +183,19 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
 )
 async def chat_completions(request: Request) -> Response:
     service: ChatService = request.app.state.service
-    body = await read_body(request, service.settings.max_body_bytes)
-    prepared = await service.prepare(parse_request(body))
-    settings = service.settings
-    stream = prepared.request.wants_stream()
-    if stream and not settings.disable_streaming and not settings.output_guard_exists:
-        frames = service.stream(prepared)
-        try:
-            first = await anext(frames)  # upstream errors before it get a status code
-        except BaseException:
-            await frames.aclose()
-            raise
-        return SSEResponse(first, frames)
-    doc = await service.complete(prepared)
-    return Response(orjson.dumps(doc), media_type="application/json")
+    return _ASGIResponse(lambda scope, receive, send: handle_chat(service, scope, receive, send))
+
+
+class HotPath:
+    """ASGI app in front of the middleware stack: ``POST /v1/chat/completions`` goes
+    straight to ``handle_chat``; everything else (and lifespan) to ``app``."""
+
+    def __init__(self, app: ASGIApp, service: Callable[[], ChatService]) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
+            await handle_chat(self.service(), scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
