@@ -51,6 +51,7 @@ class FakeOpenAI:
         self.scripts: deque[Script] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.peers: list[tuple[Any, ...] | None] = []  # client address of each request
         self.streams_started = 0
         self.streams_finished = 0
         self.streams_cut = 0  # the client went away before the end
@@ -65,6 +66,7 @@ class FakeOpenAI:
         self.scripts.clear()
         self.requests.clear()
         self.headers.clear()
+        self.peers.clear()
         self.streams_started = self.streams_finished = self.streams_cut = 0
         self.max_model_len = 4096
         self.tokenize_calls = 0
@@ -98,6 +100,8 @@ class FakeOpenAI:
         body = await request.json(loads=orjson.loads)
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.peers.append(tuple(peer) if peer else None)
         script = self.scripts.popleft() if self.scripts else self.default
         if script.status != 200:
             raw = script.error_body

@@ -407,3 +407,36 @@ def test_fastapi_route_and_hot_path_answer_alike(
             assert busy.status_code == 503 and busy.headers["retry-after"] == "3"
     finally:
         plain.close()
+
+
+def test_importable_chain_reuses_connections_and_leaks_nothing(
+    fake_server: FakeServer, fake: FakeOpenAI
+) -> None:
+    """Outside the app (asyncio.run in a script), calls on one loop share one connection
+    pool, and the loop's shutdown closes it: no unclosed-session warnings."""
+    import asyncio
+    import gc
+    import warnings
+
+    from llm_service import build_chain
+    from llm_service.settings import Settings
+
+    chain = build_chain(
+        Settings(_env_file=None, model_server_endpoint=fake_server.url, model_name="m")
+    )
+    message = {"messages": [{"role": "user", "content": "hi"}]}
+
+    async def three() -> list[str]:
+        texts = []
+        for _ in range(3):
+            texts.append("".join([c.text async for c in chain.astream(message)]))
+        return texts
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(three()) == ["Deep learning is great."] * 3
+        assert chain.invoke(message).text == "Deep learning is great."
+        gc.collect()
+    assert [str(w.message) for w in caught if "nclosed" in str(w.message)] == []
+    assert len(fake.requests) == 4
+    assert len(set(fake.peers[:3])) == 1  # one kept-alive connection for the loop's 3 calls

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -56,6 +56,8 @@ class UpstreamClient:
         self.ssl: ssl.SSLContext | bool = not tls_skip_verify
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lazy: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._keepers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -72,21 +74,45 @@ class UpstreamClient:
             self._loop = asyncio.get_running_loop()
 
     async def aclose(self) -> None:
-        """Close the shared connection pool."""
+        """Close the shared connection pool (and the running loop's own session)."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        keeper = self._keepers.get(asyncio.get_running_loop())
+        if keeper is not None:
+            await keeper.aclose()
         await self.auth.aclose()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[aiohttp.ClientSession]:
-        """The shared session on its loop, else a session for this one call."""
+        """The shared session on its loop, else one kept for the running loop.
+
+        Other loops (a notebook's, ``asyncio.run`` in a script) get a session of their own
+        on first use, kept for later calls on that loop and closed when the loop shuts down
+        its async generators (``asyncio.run`` does, before it closes the loop).
+        """
+        loop = asyncio.get_running_loop()
         shared = self._session
-        if shared is not None and not shared.closed and self._loop is asyncio.get_running_loop():
-            yield shared
-        else:
-            async with self._new_session() as own:
-                yield own
+        if shared is None or shared.closed or self._loop is not loop:
+            shared = self._lazy.get(loop)
+            if shared is None or shared.closed:
+                shared = self._lazy[loop] = self._new_session()
+                # An async generator first iterated on this loop is closed by the loop's
+                # shutdown_asyncgens() (asyncio.run does that): it then closes the session.
+                keeper = self._keep(loop, shared)
+                self._keepers[loop] = keeper
+                await anext(keeper)
+        yield shared
+
+    async def _keep(
+        self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
+    ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            self._lazy.pop(loop, None)
+            self._keepers.pop(loop, None)
+            await session.close()
 
     async def _headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
