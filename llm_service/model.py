@@ -11,7 +11,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -86,6 +86,32 @@ def chunk_to_generation(chunk: Chunk) -> ChatGenerationChunk:
     )
 
 
+class _ChunkFactory:
+    """Generation chunks for one stream, made cheaply.
+
+    A plain content chunk (no finish reason, no usage: nearly all of them) is a shallow copy
+    of a validated template with its content replaced, about half the cost of validating a
+    new ``AIMessageChunk`` and ``ChatGenerationChunk`` each time. Anything else is built
+    and validated in full by ``chunk_to_generation``.
+    """
+
+    def __init__(self) -> None:
+        self._message: AIMessageChunk | None = None
+        self._generation: ChatGenerationChunk | None = None
+
+    def __call__(self, chunk: Chunk) -> ChatGenerationChunk:
+        choices = chunk.get("choices")
+        if not choices or choices[0].get("finish_reason") or chunk.get("usage"):
+            return chunk_to_generation(chunk)
+        text = (choices[0].get("delta") or {}).get("content") or ""
+        if self._generation is None or self._message is None:
+            self._generation = chunk_to_generation(chunk)
+            self._message = cast(AIMessageChunk, self._generation.message)
+            return self._generation
+        message = self._message.model_copy(update={"content": text})
+        return self._generation.model_copy(update={"message": message, "text": text})
+
+
 class UpstreamChatModel(BaseChatModel):
     """Chat model for any OpenAI-compatible server, streaming over aiohttp + orjson.
 
@@ -138,12 +164,11 @@ class UpstreamChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         payload = self.payload(messages, stop, kwargs)
         payload["stream_options"] = {"include_usage": True}
+        # BaseChatModel.astream reports each chunk to the callbacks (on_llm_new_token).
+        make = _ChunkFactory()
         async for batch in self.client.stream_chat(payload):
             for chunk in batch:
-                generation = chunk_to_generation(chunk)
-                if run_manager is not None:
-                    await run_manager.on_llm_new_token(generation.text, chunk=generation)
-                yield generation
+                yield make(chunk)
 
     async def _agenerate(
         self,
@@ -203,7 +228,5 @@ class UpstreamChatModel(BaseChatModel):
         while (item := items.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            if run_manager is not None:
-                run_manager.on_llm_new_token(item.text, chunk=item)
             yield item
         thread.join()
