@@ -42,6 +42,11 @@ unit: setup
 
 test: lint typecheck unit
 
+# Relay speed against a fast fake upstream: service on core 0, upstream + load on core 1.
+# BENCH_ARGS="--quick" for a short smoke run.
+bench: setup
+	$(UV) run --no-sync python -m bench.run $(BENCH_ARGS)
+
 docker:
 	docker build -t llm-service:latest .
 

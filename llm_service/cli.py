@@ -1,11 +1,15 @@
-"""Command line: ``llm-service serve`` (also ``python -m llm_service``)."""
+"""Command line: ``llm-service serve | check | prompt`` (also ``python -m llm_service``)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from llm_service.settings import Settings, SettingsError
 
@@ -21,31 +25,45 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--env-file", help="env file with LLM_* settings, e.g. configs/vllm.env")
     serve.add_argument("--host", help="interface to bind (default: LLM_USVC_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (default: LLM_USVC_PORT)")
+    check = sub.add_parser(
+        "check", help="validate the settings and templates, reach the model server, report"
+    )
+    check.add_argument("--env-file", help="env file with LLM_* settings")
+    prompt = sub.add_parser(
+        "prompt", help="print the messages built for a JSON request, without calling a model"
+    )
+    prompt.add_argument("--env-file", help="env file with LLM_* settings")
+    prompt.add_argument(
+        "request", nargs="?", default="-", help="JSON file with the request body (- : stdin)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in (None, "serve"):
-        return serve(
-            getattr(args, "env_file", None),
-            getattr(args, "host", None),
-            getattr(args, "port", None),
-        )
-    return 2  # pragma: no cover - argparse rejects unknown commands
-
-
-def serve(env_file: str | None, host: str | None, port: int | None) -> int:
-    overrides: dict[str, object] = {}
-    if host:
-        overrides["usvc_host"] = host
-    if port:
-        overrides["usvc_port"] = port
+    command = args.command or "serve"
     try:
-        settings = Settings.load(env_file, **overrides)
+        settings = Settings.load(getattr(args, "env_file", None), **_overrides(args))
     except SettingsError as exc:
         print(f"llm-service: {exc}", file=sys.stderr)
         return 2
+    if command == "check":
+        return asyncio.run(check(settings))
+    if command == "prompt":
+        return prompt(settings, args.request)
+    return serve(settings)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        overrides["usvc_host"] = args.host
+    if getattr(args, "port", None):
+        overrides["usvc_port"] = args.port
+    return overrides
+
+
+def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -69,6 +87,80 @@ def serve(env_file: str | None, host: str | None, port: int | None) -> int:
         access_log=False,
         lifespan="on",
     )
+    return 0
+
+
+async def check(settings: Settings) -> int:
+    """Print a readable report; exit 1 when something needed to serve is missing."""
+    from llm_service.errors import ServiceError
+    from llm_service.prompting import PromptError, PromptLibrary
+    from llm_service.upstream import build_client
+
+    ok = True
+
+    def line(good: bool, what: str) -> None:
+        nonlocal ok
+        ok = ok and good
+        print(f"[{'ok' if good else 'FAIL'}] {what}")
+
+    print(f"model {settings.model_name!r} on a {settings.model_server.value} server")
+    try:
+        library = PromptLibrary.load(settings.prompts_dir, settings.prompt_template)
+        line(True, f"prompt templates: {', '.join(sorted(library.specs))} "
+                   f"(default: {library.default})")  # fmt: skip
+    except PromptError as exc:
+        line(False, f"prompt templates: {exc}")
+    if settings.embedded:
+        from llm_service.upstream.embedded import EmbeddedServerError, default_model_path
+
+        line(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python installed")
+        try:
+            path = settings.embedded_model_path or default_model_path()
+            line(path.is_file(), f"embedded model file: {path}")
+        except EmbeddedServerError as exc:
+            line(False, str(exc))
+        print("endpoint: none configured; `serve` starts the embedded llama.cpp server")
+    else:
+        assert settings.model_server_endpoint is not None
+        client = build_client(settings, settings.model_server_endpoint)
+        try:
+            models = await client.models()
+            served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+            line(True, f"model server {settings.model_server_endpoint} answers; serves {served}")
+            lengths = [m.get("max_model_len") for m in models.get("data", [])]
+            window = next((n for n in lengths if isinstance(n, int)), settings.max_model_len)
+            print(f"context window: {window or 'unknown (no token budget)'}")
+            if settings.model_name not in served:
+                print(f"note: {settings.model_name!r} is not among the served models")
+        except ServiceError as exc:
+            line(False, f"model server {settings.model_server_endpoint}: {exc.message}")
+        finally:
+            await client.aclose()
+    print("ready to serve" if ok else "not ready")
+    return 0 if ok else 1
+
+
+def prompt(settings: Settings, source: str) -> int:
+    """Render the prompt of one request (the HTTP body's JSON) to stdout."""
+    from pydantic import ValidationError
+
+    from llm_service.prompting import PromptError, PromptLibrary, PromptStep
+    from llm_service.schemas import ChatRequest
+
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as file:
+                text = file.read()
+        request = ChatRequest.model_validate_json(text)
+        step = PromptStep(PromptLibrary.load(settings.prompts_dir, settings.prompt_template))
+        inp = request.model_dump(exclude_none=True)
+        built = asyncio.run(step.abuild(inp))
+    except (OSError, ValidationError, PromptError) as exc:
+        print(f"llm-service: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(built.messages, ensure_ascii=False, indent=2))
     return 0
 
 
