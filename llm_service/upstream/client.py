@@ -64,7 +64,10 @@ class UpstreamClient:
             limit=self.connections, limit_per_host=self.connections, ssl=self.ssl
         )
         return aiohttp.ClientSession(
-            connector=connector, timeout=self.timeout, auto_decompress=False
+            connector=connector,
+            timeout=self.timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
         )
 
     async def start(self) -> None:
