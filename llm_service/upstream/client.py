@@ -226,14 +226,26 @@ class UpstreamClient:
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST ``body`` to ``path`` (e.g. ``/tokenize``) and return the parsed JSON reply."""
+        return await self._json_call("POST", path, orjson.dumps(body), limit_s=10.0)
+
+    async def models(self) -> Chunk:
+        """``GET /v1/models``: used for readiness and to learn the served model."""
+        result = await self._json_call("GET", "/v1/models", None, limit_s=5.0)
+        return result if isinstance(result, dict) else {"data": result}
+
+    async def _json_call(
+        self, method: str, path: str, data: bytes | None, *, limit_s: float
+    ) -> Any:
+        """A small request/response exchange, with the same error mapping as chat calls."""
         try:
             async with (
                 self.session() as session,
-                session.post(
+                session.request(
+                    method,
                     f"{self.base_url}{path}",
-                    data=orjson.dumps(body),
+                    data=data,
                     headers=await self._headers(session),
-                    timeout=aiohttp.ClientTimeout(total=10),
+                    timeout=aiohttp.ClientTimeout(total=limit_s),
                 ) as resp,
             ):
                 raw = await resp.read()
@@ -247,27 +259,6 @@ class UpstreamClient:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"model server sent non-JSON from {path}") from None
-
-    async def models(self) -> Chunk:
-        """``GET /v1/models``: used for readiness and to learn the served model."""
-        try:
-            async with (
-                self.session() as session,
-                session.get(
-                    f"{self.base_url}/v1/models",
-                    headers=await self._headers(session),
-                    timeout=aiohttp.ClientTimeout(total=5),
-                ) as resp,
-            ):
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise _status_error(resp.status, body, None)
-        except TimeoutError:
-            raise UpstreamTimeout("model server did not answer /v1/models in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"model server unreachable: {exc}") from None
-        result = orjson.loads(body)
-        return result if isinstance(result, dict) else {"data": result}
 
 
 def _message_of(parsed: Any, raw: bytes) -> str:
