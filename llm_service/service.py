@@ -20,7 +20,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from langsmith.utils import tracing_is_enabled
 
-from llm_service.chain import bind_params, build_chain, build_model
+from llm_service.chain import bind_params, build_model
 from llm_service.documents import citation_of, cited_ids, trailer_document
 from llm_service.errors import InvalidRequest
 from llm_service.prompting import BuiltPrompt, PromptError, PromptStep
@@ -75,7 +75,6 @@ class ChatService:
         self.client = client
         self.prompt = prompt
         self.model = model or build_model(settings, client=client)
-        self.chain = build_chain(settings, client=client, prompt=prompt, model=self.model)
         self.model_name = settings.model_name
         self.through_chain = (
             settings.route_via_chain or settings.model_client != "fast" or tracing_is_enabled()
