@@ -440,3 +440,10 @@ def test_importable_chain_reuses_connections_and_leaks_nothing(
     assert [str(w.message) for w in caught if "nclosed" in str(w.message)] == []
     assert len(fake.requests) == 4
     assert len(set(fake.peers[:3])) == 1  # one kept-alive connection for the loop's 3 calls
+
+
+def test_streams_reuse_upstream_connections(service: ServiceServer, fake: FakeOpenAI) -> None:
+    """After [DONE] the body's end is read too, so the next request reuses the connection."""
+    for _ in range(5):
+        assert parse_frames(post(service, seed_request(True)).text)[-1].raw == "[DONE]"
+    assert len(fake.peers) == 5 and len(set(fake.peers)) == 1

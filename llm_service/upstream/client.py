@@ -213,6 +213,13 @@ class UpstreamClient:
                     if failure is not None:
                         raise failure
                     if finished:
+                        # Read the body's end too, so the connection goes back to the pool
+                        # for the next request instead of being closed.
+                        try:
+                            while await content.readany():
+                                pass
+                        except (aiohttp.ClientError, TimeoutError):
+                            finished = False  # the answer is whole; just drop the connection
                         return
                 if any(c.get("choices") and c["choices"][0].get("finish_reason") for c in tail):
                     finished = True  # some servers end without [DONE]; the answer is complete
