@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
 from collections import Counter
 from typing import Any
 
-import uvloop
-
-from bench.loadgen import percentiles
+from bench.loadgen import percentiles, run_and_print
 from bench.procstat import (
     core_busy_pct,
     core_steal_pct,
     core_times,
     cpu_seconds,
-    raise_nofile_limit,
     rss_mb,
     system_share,
 )
@@ -150,17 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
-    raise_nofile_limit(max(4096, 4 * args.concurrency))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        try:
-            result = runner.run(
-                run(args.url, args.concurrency, args.duration, args.warmup, args.max_tokens)
-            )
-        except KeyboardInterrupt:
-            return 130
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
-    return 0
+    return run_and_print(
+        lambda: run(args.url, args.concurrency, args.duration, args.warmup, args.max_tokens),
+        args.concurrency,
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,17 +351,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    raise_nofile_limit(max(4096, 4 * config.concurrency))
+def run_and_print(make: Callable[[], Coroutine[Any, Any, dict[str, Any]]], concurrency: int) -> int:
+    """Run ``make()`` on uvloop with enough file descriptors; print its result as JSON."""
+    raise_nofile_limit(max(4096, 4 * concurrency))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
-            result = runner.run(LoadGen(config).run())
+            result = runner.run(make())
         except KeyboardInterrupt:
             return 130
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    return run_and_print(LoadGen(config).run, config.concurrency)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,6 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / ESTIMATE_BYTES_PER_TOKEN) + 1
 
 
-async def estimate_counter(texts: Sequence[str]) -> list[int]:
-    return [estimate_tokens(t) for t in texts]
-
-
 class Budget(Protocol):
     """Where the prompt step learns its token budget and counts tokens."""
 

@@ -7,7 +7,6 @@ server's loop.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from llm_service.app import create_app
 from llm_service.settings import Settings
+from llm_service.upstream.embedded import free_port as free_port
 from tests.fake_openai import FakeOpenAI
 
 T = TypeVar("T")
@@ -37,13 +37,6 @@ class LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class FakeServer:
