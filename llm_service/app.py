@@ -24,6 +24,7 @@ from llm_service import __version__
 from llm_service.api import health, opea
 from llm_service.chain import build_prompt_step
 from llm_service.errors import InvalidRequest, ServiceError
+from llm_service.limits import InboundAuth
 from llm_service.prompting import PromptLibrary
 from llm_service.schemas import ChatRequest
 from llm_service.service import ChatService
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True) -> Fa
         try:
             yield
         finally:
+            # Requests cut by the drain timeout write their error event before the pool closes.
+            await app.state.service.gate.wait_idle(1.0)
             await client.aclose()
             if embedded is not None:
                 await embedded.stop()
@@ -89,6 +92,11 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True) -> Fa
         build_stack = app.build_middleware_stack
         app.build_middleware_stack = lambda: opea.HotPath(  # type: ignore[method-assign]
             build_stack(), lambda: app.state.service
+        )
+    if settings.inbound_keys:  # LLM_API_KEYS: bearer keys in front of everything but health
+        build_inner = app.build_middleware_stack
+        app.build_middleware_stack = lambda: InboundAuth(  # type: ignore[method-assign]
+            build_inner(), settings.inbound_keys
         )
     return app
 

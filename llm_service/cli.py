@@ -88,6 +88,8 @@ def serve(settings: Settings) -> int:
         access_log=False,
         proxy_headers=False,  # one middleware less per request; we log no client addresses
         lifespan="on",
+        # SIGTERM: stop accepting, let requests finish, then cut them (an SSE error event).
+        timeout_graceful_shutdown=settings.drain_timeout,
     )
     return 0
 

@@ -23,6 +23,7 @@ from langsmith.utils import tracing_is_enabled
 from llm_service.chain import bind_params, build_model
 from llm_service.documents import citation_of, cited_ids, trailer_document
 from llm_service.errors import InvalidRequest
+from llm_service.limits import Gate, check_input
 from llm_service.prompting import BuiltPrompt, PromptError, PromptStep
 from llm_service.schemas import ChatRequest
 from llm_service.settings import Settings
@@ -79,10 +80,12 @@ class ChatService:
         self.through_chain = (
             settings.route_via_chain or settings.model_client != "fast" or tracing_is_enabled()
         )
+        self.gate = Gate(settings.max_concurrent)  # concurrent requests, for backpressure
 
     # --- preparing -----------------------------------------------------------------------
 
     async def prepare(self, request: ChatRequest) -> Prepared:
+        check_input(request, self.settings)  # LLM_MAX_MESSAGES/_DOCUMENTS/_INPUT_CHARS: 422
         params = self._params(request)
         inp: dict[str, Any]
         if request.messages:

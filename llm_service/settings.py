@@ -149,6 +149,37 @@ class Settings(BaseSettings):
         "INFO", description="Log level."
     )
 
+    # --- reliability and security (issue 7) -------------------------------------------------
+    max_concurrent: int = Field(
+        0,
+        ge=0,
+        description="Most chat requests served at once; past it 429 with Retry-After at once "
+        "(no queueing). 0: no cap.",
+    )
+    max_messages: int = Field(
+        1000, ge=1, description="Most messages (plus history turns) in one request (422 above)."
+    )
+    max_documents: int = Field(
+        1000, ge=1, description="Most reranked documents in one request (422 above)."
+    )
+    max_input_chars: int = Field(
+        2_000_000,
+        ge=1,
+        description="Most characters of input text in one request: messages, question, "
+        "documents and history together (422 above).",
+    )
+    drain_timeout: int = Field(
+        30,
+        ge=0,
+        description="Seconds in-flight requests may finish after SIGTERM; streams still open "
+        "then end with an SSE error event and [DONE].",
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys callers must send as 'Authorization: Bearer "
+        "<key>' (401 otherwise; health routes stay open). Empty: no inbound auth.",
+    )
+
     @field_validator("model_server", mode="before")
     @classmethod
     def _lower_server(cls, value: Any) -> Any:
@@ -163,6 +194,12 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @property
+    def inbound_keys(self) -> list[str]:
+        """The keys of ``LLM_API_KEYS``, without blanks."""
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
 
     @property
     def embedded(self) -> bool:

@@ -9,6 +9,8 @@ wrap every per-chunk send in several layers of Starlette/FastAPI middleware.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -19,8 +21,10 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_service.errors import InvalidRequest, ServiceError
+from llm_service.limits import ClientWatch, shutting_down
 from llm_service.schemas import ChatRequest, ErrorResponse, GeneratedDoc
 from llm_service.service import ChatService
+from llm_service.streaming import DONE, OpenAIChunkEncoder
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ router = APIRouter()
 PATH = "/v1/chat/completions"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (413, 422, 502, 503, 504)
+    code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 502, 503, 504)
 }
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
@@ -103,7 +107,33 @@ async def send_error(send: Send, exc: ServiceError) -> None:
 async def handle_chat(service: ChatService, scope: Scope, receive: Receive, send: Send) -> None:
     """The whole route as an ASGI function (see the module docstring)."""
     try:
+        service.gate.enter()  # 429 past LLM_MAX_CONCURRENT, before any other work
+    except ServiceError as exc:
+        await send_error(send, exc)
+        return
+    try:
+        await _answer(service, scope, receive, send)
+    finally:
+        service.gate.leave()
+
+
+async def _answer(service: ChatService, scope: Scope, receive: Receive, send: Send) -> None:
+    try:
         body = await read_body(scope, receive, service.settings.max_body_bytes)
+    except ServiceError as exc:
+        if exc.status != 499:
+            await send_error(send, exc)
+        return
+    client = ClientWatch(receive)  # a client that goes away cancels the upstream request
+    try:
+        await _respond(service, client, body, send)
+    finally:
+        client.finish()
+
+
+async def _respond(service: ChatService, client: ClientWatch, body: bytes, send: Send) -> None:
+    streaming = False
+    try:
         prepared = await service.prepare(parse_request(body))
         settings = service.settings
         if (
@@ -117,7 +147,8 @@ async def handle_chat(service: ChatService, scope: Scope, receive: Receive, send
             except BaseException:
                 await frames.aclose()
                 raise
-            await stream_frames(send, first, frames)
+            streaming = True
+            await stream_frames(send, first, frames, client)
             return
         doc = await service.complete(prepared)
     except ServiceError as exc:
@@ -126,17 +157,30 @@ async def handle_chat(service: ChatService, scope: Scope, receive: Receive, send
         if exc.status != 499:
             await send_error(send, exc)
         return
+    except asyncio.CancelledError:
+        # The client went away (nothing to send), or shutdown's drain timeout ended: a
+        # stream ends itself (stream_frames), others get a 503.
+        if not streaming:
+            if not client.gone:
+                await send_error(send, shutting_down())
+                client.finish()
+            _uncancel()
+        return
     except Exception:
         log.exception("unexpected error on POST %s", PATH)
         await send_error(send, ServiceError("internal error", status=500))
         return
     await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
     await send({"type": "http.response.body", "body": orjson.dumps(doc)})
+    client.finish()
 
 
-async def stream_frames(send: Send, first: bytes, frames: AsyncGenerator[bytes, None]) -> None:
-    """SSE frames, one ASGI send each; the iterator is always closed, so a client that goes
-    away cancels the upstream request at once."""
+async def stream_frames(
+    send: Send, first: bytes, frames: AsyncGenerator[bytes, None], client: ClientWatch
+) -> None:
+    """SSE frames, one ASGI send each. A client that goes away cancels this task
+    (``ClientWatch``); the iterator is always closed, which closes the upstream response, so
+    the model server stops generating at once."""
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         message: Message = {"type": "http.response.body", "body": first, "more_body": True}
@@ -144,10 +188,25 @@ async def stream_frames(send: Send, first: bytes, frames: AsyncGenerator[bytes, 
         async for frame in frames:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        client.finish()
     except OSError:
         pass  # the client went away (uvicorn raises ClientDisconnected on send)
+    except asyncio.CancelledError:
+        if not client.gone:  # shutdown's drain timeout ended: an error event, a clean end
+            end = OpenAIChunkEncoder.error(shutting_down()) + DONE
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": end, "more_body": False})
+            client.finish()
+        _uncancel()
     finally:
         await frames.aclose()
+
+
+def _uncancel() -> None:
+    """The request ended itself after a cancellation; the server sees a finished response."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 class _ASGIResponse(Response):
