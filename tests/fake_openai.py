@@ -40,6 +40,9 @@ class Script:
     malformed_after: int | None = None  # send a broken JSON chunk after this many chunks
     error_chunk_after: int | None = None  # vLLM-style {"error": ...} chunk mid-stream
     tokens_per_write: int = 1  # >1: several chunks in one write (as servers coalesce)
+    # --- fault injection (issue 7) ---
+    stall_after: int | None = None  # after this many content chunks send nothing, hold open
+    empty_200: bool = False  # answer 200 with an empty body
 
 
 class FakeOpenAI:
@@ -58,6 +61,8 @@ class FakeOpenAI:
         self.open_streams = 0
         self.max_model_len: int | None = 4096  # reported in /v1/models, as vLLM does
         self.tokenize_calls = 0
+        # When each stream ended (finished or cut), by its last message's content (issue 7).
+        self.ended_at: dict[str, float] = {}
 
     def push(self, *scripts: Script) -> None:
         self.scripts.extend(scripts)
@@ -70,6 +75,7 @@ class FakeOpenAI:
         self.streams_started = self.streams_finished = self.streams_cut = 0
         self.max_model_len = 4096
         self.tokenize_calls = 0
+        self.ended_at.clear()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -113,6 +119,8 @@ class FakeOpenAI:
                 body=data, status=script.status, headers=script.headers,
                 content_type="application/json",
             )  # fmt: skip
+        if script.empty_200:
+            return web.Response(body=b"", status=200, content_type="application/json")
         tokens = script.tokens
         finish = script.finish_reason
         max_tokens = body.get("max_tokens")
@@ -164,6 +172,12 @@ class FakeOpenAI:
                 await resp.write(frame({"role": "assistant", "content": ""}))
             pending: list[bytes] = []
             for i, token in enumerate(tokens):
+                if script.stall_after is not None and i == script.stall_after:
+                    await resp.write(b"".join(pending))
+                    while request.transport is not None and not request.transport.is_closing():
+                        await asyncio.sleep(0.02)  # silent until the client gives up
+                    self.streams_cut += 1
+                    return resp
                 if script.die_after is not None and i == script.die_after:
                     request.transport.close()  # type: ignore[union-attr]
                     self.streams_cut += 1
@@ -197,6 +211,7 @@ class FakeOpenAI:
             raise
         finally:
             self.open_streams -= 1
+            self.ended_at[str(body["messages"][-1].get("content"))] = time.monotonic()
 
 
 def main() -> None:
