@@ -174,8 +174,9 @@ class FakeOpenAI:
             for i, token in enumerate(tokens):
                 if script.stall_after is not None and i == script.stall_after:
                     await resp.write(b"".join(pending))
-                    while request.transport is not None and not request.transport.is_closing():
-                        await asyncio.sleep(0.02)  # silent until the client gives up
+                    # Silent until the client gives up (aiohttp has no close event to await).
+                    while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
                     self.streams_cut += 1
                     return resp
                 if script.die_after is not None and i == script.die_after:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.fake_openai import FakeOpenAI, Script
-from tests.servers import ServiceServer, free_port, settings_for
+from tests.servers import FakeServer, ServiceServer, free_port, settings_for
 from tests.sse import content_of, parse_frames
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 50}
@@ -148,7 +148,7 @@ def test_stream_without_done_but_with_finish_reason_is_complete(
 
 
 def test_upstream_401_does_not_leak_our_credentials(
-    fake_server: Any, fake: FakeOpenAI
+    fake_server: FakeServer, fake: FakeOpenAI
 ) -> None:
     server = ServiceServer(settings_for(fake_server.url, vllm_api_key="sk-secret-upstream"))
     try:
