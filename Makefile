@@ -52,3 +52,10 @@ docker:
 
 clean:
 	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache
+
+# --- reliability (issue 7) ---------------------------------------------------------------
+# 2000 concurrent paced streams against the fake upstream: errors, stalls, memory (not part
+# of `make test`). LOADTEST_ARGS="--streams 500 --interval-ms 200" for another shape.
+.PHONY: loadtest
+loadtest: setup
+	$(UV) run --no-sync python -m bench.loadtest $(LOADTEST_ARGS)
