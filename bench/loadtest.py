@@ -179,7 +179,13 @@ class LoadTest:
                 "with_all_streams_open_max": round(max(full), 1) if full else None,
                 "after": round(after, 1),
             },
-            "kb_per_stream": round((peak_mb - idle) * 1024 / max(1, open_at_peak), 1),
+            # With every stream open when that was sampled, else at the peak.
+            "kb_per_stream": round(
+                (max(full) - idle) * 1024 / o.streams
+                if full
+                else (peak_mb - idle) * 1024 / max(1, open_at_peak),
+                1,
+            ),
         }
 
 
@@ -196,7 +202,7 @@ def summary(result: dict[str, Any]) -> str:
          f"{gap.get('p50', 0):.0f} / {gap.get('p99', 0):.0f} / {gap.get('max', 0):.0f}"),
         ("first frame p50 / p99 ms", f"{ttft.get('p50', 0):.0f} / {ttft.get('p99', 0):.0f}"),
         ("service RSS idle / peak / after MB", f"{rss['idle']} / {rss['peak']} / {rss['after']}"),
-        ("RSS per open stream", f"{result['kb_per_stream']} KB"),
+        ("RSS per open stream (all open)", f"{result['kb_per_stream']} KB"),
     ]  # fmt: skip
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
