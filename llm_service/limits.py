@@ -115,6 +115,11 @@ def check_input(request: ChatRequest, settings: Settings) -> None:
             f"reranked_docs: {docs} documents; the limit is {settings.max_documents}",
             param="reranked_docs",
         )
+    _check_echoable("data", request.data)
+    _check_echoable("output_guardrail_params", request.output_guardrail_params)
+    for i, doc in enumerate(request.reranked_docs):
+        if doc.metadata:
+            _check_echoable(f"reranked_docs.{i}.metadata", doc.metadata)
     sizes = {
         "messages": sum(len(m.content) for m in request.messages or ()),
         "question": len(request.question or ""),
@@ -133,6 +138,17 @@ def check_input(request: ChatRequest, settings: Settings) -> None:
             f"history together); the limit is {settings.max_input_chars}",
             param=field,
         )
+
+
+def _check_echoable(field: str, value: object) -> None:
+    """Values sent back (trailer, GeneratedDoc) must encode: orjson refuses integers beyond
+    64 bits, which JSON input may hold; 422 here instead of a broken answer later."""
+    if value is None:
+        return
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise InvalidRequest(f"{field}: {exc}; integers must fit in 64 bits", param=field) from None
 
 
 class InboundAuth:

@@ -117,6 +117,9 @@ def test_sigterm_drains_then_cuts_streams_with_an_error_event(
         assert content_of(long_frames).startswith(" l0 l1")
         assert 1.5 < took < 8  # cut at the 2 s drain timeout, not at the stream's 20 s end
         assert_clean_exit(proc, tmp_path)
+        deadline = time.monotonic() + 1.0  # the fake notices at its next paced write
+        while fake.open_streams and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert fake.open_streams == 0 and fake.streams_finished == 1
     finally:
         if proc.poll() is None:
