@@ -150,7 +150,7 @@ async def _respond(service: ChatService, client: ClientWatch, body: bytes, send:
             streaming = True
             await stream_frames(send, first, frames, client)
             return
-        doc = await service.complete(prepared)
+        doc = orjson.dumps(await service.complete(prepared))  # inside: encoding errors too
     except ServiceError as exc:
         if exc.status >= 500:
             log.warning("POST %s -> %d: %s", PATH, exc.status, exc.message)
@@ -171,7 +171,7 @@ async def _respond(service: ChatService, client: ClientWatch, body: bytes, send:
         await send_error(send, ServiceError("internal error", status=500))
         return
     await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
-    await send({"type": "http.response.body", "body": orjson.dumps(doc)})
+    await send({"type": "http.response.body", "body": doc})
     client.finish()
 
 
