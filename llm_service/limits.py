@@ -89,8 +89,11 @@ class ClientWatch:
         self._watcher = asyncio.create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a server whose receive fails after the response: nothing to do
+            return
         if self._active and self._request is not None:
             self.gone = True
             self._request.cancel()

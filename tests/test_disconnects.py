@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import httpx
 import pytest
 
 from tests.fake_openai import FakeOpenAI, Script
@@ -104,3 +105,19 @@ def test_1000_disconnects_close_every_upstream_stream_within_1s(
     assert service_tasks(service) <= tasks_before
     assert established(fake_server.port) == 0
     assert established(service.port) == 0
+
+
+def test_a_client_giving_up_on_a_whole_answer_frees_the_request(
+    pair: tuple[FakeServer, ServiceServer],
+) -> None:
+    """Not streamed: the client's timeout ends the service's wait for the model at once."""
+    fake_server, service = pair
+    fake_server.fake.push(Script(first_token_delay=3.0))
+    body = {"messages": [{"role": "user", "content": "whole"}], "stream": False}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=0.3)
+    gate = service.app.state.service.gate
+    deadline = time.monotonic() + 1.0  # well before the model's answer at 3 s
+    while gate.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gate.active == 0
