@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -74,6 +75,7 @@ def test_sigterm_drains_then_cuts_streams_with_an_error_event(
     fake.push(
         Script(tokens=[f" s{i}" for i in range(10)], token_delay=0.1),
         Script(tokens=[f" l{i}" for i in range(200)], token_delay=0.1),
+        Script(first_token_delay=20),  # a whole answer the model takes 20 s to give
     )
     proc, url = start_service(
         tmp_path, LLM_MODEL_SERVER_ENDPOINT=paced_fake.url, LLM_MODEL_SERVER="openai",
@@ -81,11 +83,18 @@ def test_sigterm_drains_then_cuts_streams_with_an_error_event(
     )  # fmt: skip
     try:
 
-        async def scenario() -> tuple[str, str, float, bool]:
+        async def whole(session: aiohttp.ClientSession) -> tuple[int, str, dict[str, Any]]:
+            body = {"messages": [{"role": "user", "content": "whole"}], "stream": False}
+            async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+                return resp.status, resp.headers.get("Retry-After", ""), await resp.json()
+
+        async def scenario() -> tuple[str, str, float, bool, tuple[int, str, dict[str, Any]]]:
             async with aiohttp.ClientSession() as session:
                 short = await open_stream(session, url, "short")
                 long = await open_stream(session, url, "long")
                 heads = [await short.content.readany(), await long.content.readany()]
+                waiting = asyncio.create_task(whole(session))
+                await asyncio.sleep(0.3)
                 sent = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.5)
@@ -98,10 +107,14 @@ def test_sigterm_drains_then_cuts_streams_with_an_error_event(
                 texts = await asyncio.wait_for(
                     asyncio.gather(read_rest(short, heads[0]), read_rest(long, heads[1])), 10
                 )
-                return texts[0], texts[1], time.monotonic() - sent, refused
+                took = time.monotonic() - sent
+                return texts[0], texts[1], took, refused, await asyncio.wait_for(waiting, 10)
 
-        short_text, long_text, took, refused = asyncio.run(scenario())
+        short_text, long_text, took, refused, (status, retry_after, body) = asyncio.run(scenario())
         assert refused
+        # The whole answer still waiting on the model got a 503 at the drain timeout.
+        assert (status, retry_after) == (503, "1")
+        assert body["error"]["type"] == "service_unavailable"
         # The short stream finished normally during the drain.
         short_frames = parse_frames(short_text)
         assert short_frames[-1].raw == "[DONE]"
