@@ -69,7 +69,11 @@ class ChatRequest(BaseModel):
     a ``model`` and omit it, which default to false as in the OpenAI API.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        # In the OpenAPI schema too (clients, fuzzers): one of the two inputs is required.
+        json_schema_extra={"anyOf": [{"required": ["messages"]}, {"required": ["question"]}]},
+    )
 
     messages: list[ChatMessage] | None = Field(None, max_length=10_000)
     question: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
