@@ -41,7 +41,7 @@ class Script:
     error_chunk_after: int | None = None  # vLLM-style {"error": ...} chunk mid-stream
     tokens_per_write: int = 1  # >1: several chunks in one write (as servers coalesce)
     # --- fault injection (issue 7) ---
-    stall_after: int | None = None  # after this many content chunks send nothing, hold open
+    hang_after: int | None = None  # after this many content chunks: silence until the client closes
     empty_200: bool = False  # answer 200 with an empty body
 
 
@@ -172,7 +172,7 @@ class FakeOpenAI:
                 await resp.write(frame({"role": "assistant", "content": ""}))
             pending: list[bytes] = []
             for i, token in enumerate(tokens):
-                if script.stall_after is not None and i == script.stall_after:
+                if script.hang_after is not None and i == script.hang_after:
                     await resp.write(b"".join(pending))
                     # Silent until the client gives up (aiohttp has no close event to await).
                     while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110

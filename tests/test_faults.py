@@ -103,7 +103,7 @@ def test_malformed_first_chunk_is_502(service: ServiceServer, fake: FakeOpenAI) 
 # --- after the first token: an SSE error event, then [DONE] ----------------------------------
 
 AFTER_FIRST_TOKEN = {
-    "stall-mid-stream": (Script(tokens=TOKENS, stall_after=2), 504, "upstream_timeout"),
+    "stall-mid-stream": (Script(tokens=TOKENS, hang_after=2), 504, "upstream_timeout"),
     "connection-drops": (Script(tokens=TOKENS, die_after=2), 502, "upstream_error"),
     "malformed-chunk": (Script(tokens=TOKENS, malformed_after=2), 502, "upstream_error"),
     "vllm-error-chunk": (Script(tokens=TOKENS, error_chunk_after=2), 502, "upstream_error"),
