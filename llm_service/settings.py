@@ -149,6 +149,21 @@ class Settings(BaseSettings):
         "INFO", description="Log level."
     )
 
+    # --- operations (issue 8): logs, metrics, tracing ---------------------------------------
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="Log line format: json (one JSON object per line, with request_id) or "
+        "text (human-readable).",
+    )
+    metrics_enabled: bool = Field(
+        True, description="Serve Prometheus metrics on GET /metrics and keep them up to date."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector base URL for traces (OTLP over HTTP, e.g. "
+        "http://otel-collector:4318; spans go to <url>/v1/traces). Empty: tracing off.",
+    )
+
     @field_validator("model_server", mode="before")
     @classmethod
     def _lower_server(cls, value: Any) -> Any:
@@ -158,6 +173,16 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value.strip())
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _valid_otlp_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value.strip())
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

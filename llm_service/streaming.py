@@ -43,6 +43,7 @@ class Answer:
     text_parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    error: ServiceError | None = None  # a failure after the first token (sent as an event)
 
     @property
     def text(self) -> str:
@@ -92,11 +93,13 @@ async def relay_upstream(
     encoder: OpenAIChunkEncoder,
     answer: Answer,
     trailer: Trailer,
+    on_batch: Callable[[], object] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Upstream chunk batches to SSE bytes, one write per batch: the hot path.
 
     An error before the first frame is raised (the route answers it with a status code);
-    after it, it becomes an SSE error event and a clean end.
+    after it, it becomes an SSE error event and a clean end. ``on_batch`` is called once per
+    relayed batch (metrics: time to first token, inter-token gaps).
     """
     content = encoder.content
     parts = answer.text_parts
@@ -118,12 +121,14 @@ async def relay_upstream(
                     answer.usage = chunk["usage"]
             if out:
                 started = True
+                if on_batch is not None:
+                    on_batch()
                 yield b"".join(out)
         yield _end(encoder, answer, trailer)
     except Exception as exc:
         if not started:
             raise as_service_error(exc) from None
-        yield _error_end(encoder, exc)
+        yield _error_end(encoder, exc, answer)
     finally:
         await _aclose(batches)
 
@@ -133,6 +138,7 @@ async def relay_chain(
     encoder: OpenAIChunkEncoder,
     answer: Answer,
     trailer: Trailer,
+    on_batch: Callable[[], object] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The chain's message chunks to the same SSE bytes as ``relay_upstream``."""
     started = False
@@ -151,12 +157,14 @@ async def relay_chain(
             if text:
                 started = True
                 answer.text_parts.append(text)
+                if on_batch is not None:
+                    on_batch()
                 yield encoder.content(text)
         yield _end(encoder, answer, trailer)
     except Exception as exc:
         if not started:
             raise as_service_error(exc) from None
-        yield _error_end(encoder, exc)
+        yield _error_end(encoder, exc, answer)
     finally:
         await _aclose(chunks)
 
@@ -169,8 +177,8 @@ def _end(encoder: OpenAIChunkEncoder, answer: Answer, trailer: Trailer) -> bytes
     )
 
 
-def _error_end(encoder: OpenAIChunkEncoder, exc: Exception) -> bytes:
-    err = as_service_error(exc)
+def _error_end(encoder: OpenAIChunkEncoder, exc: Exception, answer: Answer) -> bytes:
+    answer.error = err = as_service_error(exc)
     log.warning("stream failed after the first token: %s", err.message)
     return encoder.error(err) + DONE
 

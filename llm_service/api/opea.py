@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_service.errors import InvalidRequest, ServiceError
+from llm_service.observability import RequestRecord
 from llm_service.schemas import ChatRequest, ErrorResponse, GeneratedDoc
 from llm_service.service import ChatService
 
@@ -92,8 +93,10 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest("; ".join(problems), param=first)
 
 
-async def send_error(send: Send, exc: ServiceError) -> None:
-    headers = list(_JSON_HEADERS)
+async def send_error(
+    send: Send, exc: ServiceError, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = _JSON_HEADERS + extra if extra else list(_JSON_HEADERS)
     if exc.retry_after:
         headers.append((b"retry-after", exc.retry_after.encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
@@ -102,43 +105,66 @@ async def send_error(send: Send, exc: ServiceError) -> None:
 
 async def handle_chat(service: ChatService, scope: Scope, receive: Receive, send: Send) -> None:
     """The whole route as an ASGI function (see the module docstring)."""
+    obs = service.observability
+    record = obs.begin(scope, PATH)  # request id, log context, request span
+    try:
+        await answer_chat(service, record, scope, receive, send)
+    finally:
+        obs.end(record)  # metrics, spans, the access line
+
+
+async def answer_chat(
+    service: ChatService, record: RequestRecord, scope: Scope, receive: Receive, send: Send
+) -> None:
+    obs = service.observability
     try:
         body = await read_body(scope, receive, service.settings.max_body_bytes)
-        prepared = await service.prepare(parse_request(body))
+        with obs.prompt_span(record):
+            prepared = record.prepared = await service.prepare(parse_request(body))
         settings = service.settings
         if (
             prepared.request.wants_stream()
             and not settings.disable_streaming
             and not settings.output_guard_exists
         ):
-            frames = service.stream(prepared)
+            upstream_headers = obs.start_generation(record, stream=True)
+            frames = service.stream(prepared, record.on_batch, upstream_headers)
             try:
                 first = await anext(frames)  # upstream errors before it get a status code
             except BaseException:
                 await frames.aclose()
                 raise
-            await stream_frames(send, first, frames)
+            await stream_frames(send, first, frames, record.headers)
             return
-        doc = await service.complete(prepared)
+        doc = await service.complete(prepared, obs.start_generation(record, stream=False))
     except ServiceError as exc:
+        record.fail(exc)
         if exc.status >= 500:
             log.warning("POST %s -> %d: %s", PATH, exc.status, exc.message)
         if exc.status != 499:
-            await send_error(send, exc)
+            await send_error(send, exc, record.headers)
         return
     except Exception:
+        record.status = 500
         log.exception("unexpected error on POST %s", PATH)
-        await send_error(send, ServiceError("internal error", status=500))
+        await send_error(send, ServiceError("internal error", status=500), record.headers)
         return
-    await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+    headers = _JSON_HEADERS + record.headers
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": orjson.dumps(doc)})
 
 
-async def stream_frames(send: Send, first: bytes, frames: AsyncGenerator[bytes, None]) -> None:
+async def stream_frames(
+    send: Send,
+    first: bytes,
+    frames: AsyncGenerator[bytes, None],
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """SSE frames, one ASGI send each; the iterator is always closed, so a client that goes
     away cancels the upstream request at once."""
+    headers = _SSE_HEADERS + extra if extra else _SSE_HEADERS
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         message: Message = {"type": "http.response.body", "body": first, "more_body": True}
         await send(message)
         async for frame in frames:

@@ -123,12 +123,16 @@ class UpstreamClient:
         return headers
 
     async def _post(
-        self, session: aiohttp.ClientSession, payload: Mapping[str, Any]
+        self,
+        session: aiohttp.ClientSession,
+        payload: Mapping[str, Any],
+        extra_headers: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
+        headers = await self._headers(session)
+        if extra_headers:
+            headers.update(extra_headers)  # e.g. X-Request-ID, traceparent
         try:
-            resp = await session.post(
-                self.chat_url, data=orjson.dumps(payload), headers=await self._headers(session)
-            )
+            resp = await session.post(self.chat_url, data=orjson.dumps(payload), headers=headers)
         except TimeoutError:
             raise UpstreamTimeout("timed out connecting to the model server") from None
         except aiohttp.ClientConnectorError as exc:
@@ -145,10 +149,12 @@ class UpstreamClient:
             raise _status_error(resp.status, body, resp.headers.get("Retry-After"))
         return resp
 
-    async def chat(self, payload: Mapping[str, Any]) -> Chunk:
+    async def chat(
+        self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> Chunk:
         """A whole (non-streamed) chat completion."""
         async with self.session() as session:
-            resp = await self._post(session, {**payload, "stream": False})
+            resp = await self._post(session, {**payload, "stream": False}, headers)
             try:
                 body = await resp.read()
             except TimeoutError:
@@ -165,10 +171,12 @@ class UpstreamClient:
             raise UpstreamError(f"model server sent no choices: {_message_of(result, body)}")
         return result
 
-    async def stream_chat(self, payload: Mapping[str, Any]) -> AsyncIterator[list[Chunk]]:
+    async def stream_chat(
+        self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[list[Chunk]]:
         """Parsed ``chat.completion.chunk`` dicts, one list per network read."""
         async with self.session() as session:
-            resp = await self._post(session, {**payload, "stream": True})
+            resp = await self._post(session, {**payload, "stream": True}, headers)
             finished = False
             tail: list[Chunk] = []
             try:
