@@ -110,8 +110,7 @@ def create_app(
 
     def observed_stack() -> Any:
         # Request ids, metrics and access lines for every route; the chat route does its own.
-        routes = [getattr(route, "path", "") for route in app.routes]
-        stack = ObservedRoutes(build_stack(), observability, routes, skip=opea.PATH)
+        stack = ObservedRoutes(build_stack(), observability, skip=opea.PATH)
         return opea.HotPath(stack, lambda: app.state.service) if hot_path else stack
 
     app.build_middleware_stack = observed_stack  # type: ignore[method-assign]

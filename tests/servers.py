@@ -63,11 +63,16 @@ class ServiceServer:
     """The service itself under uvicorn (uvloop + httptools, as in production)."""
 
     def __init__(
-        self, settings: Settings, startup_timeout: float = 240, *, hot_path: bool = True
+        self,
+        settings: Settings,
+        startup_timeout: float = 240,
+        *,
+        hot_path: bool = True,
+        span_exporter: Any = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, hot_path=hot_path)
+        self.app = create_app(settings, hot_path=hot_path, span_exporter=span_exporter)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, loop="uvloop", http="httptools",
             log_level="warning", lifespan="on",

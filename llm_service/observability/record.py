@@ -151,18 +151,31 @@ class Observability:
             completion_tokens = usage.get("completion_tokens")
             if completion_tokens is None and record.stream:
                 completion_tokens = len(answer.text_parts)
-        context = prepared.built.context if prepared is not None else None
         ttft = None if record.first_token is None else record.first_token - record.start
         metrics = self.metrics
         if metrics is not None:
             self._count(metrics, record, now, ttft, prompt_tokens, completion_tokens)
         if record.span is not None:
             self._end_spans(record, prompt_tokens, completion_tokens)
+        level = logging.DEBUG if record.route in QUIET_ROUTES else logging.INFO
+        if access_log.isEnabledFor(level):
+            self._log(record, level, now, ttft, prompt_tokens, completion_tokens)
         if record._token is not None:
             request_id.reset(record._token)
-        level = logging.DEBUG if record.route in QUIET_ROUTES else logging.INFO
-        if not access_log.isEnabledFor(level):
-            return
+
+    def _log(
+        self,
+        record: RequestRecord,
+        level: int,
+        now: float,
+        ttft: float | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> None:
+        """The access line: what happened, never what was asked."""
+        prepared = record.prepared
+        answer = prepared.answer if prepared is not None else None
+        context = prepared.built.context if prepared is not None else None
         fields: dict[str, Any] = {
             "request_id": record.request_id, "method": record.method, "route": record.route,
             "status": record.status, "duration_ms": round((now - record.start) * 1000, 2),
@@ -178,7 +191,8 @@ class Observability:
             fields["docs_dropped"] = context.docs_dropped
         if record.upstream_error is not None:
             fields["error"] = record.upstream_error.type
-        summary = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "route"))
+        skip = ("method", "route", "request_id")
+        summary = " ".join(f"{k}={v}" for k, v in fields.items() if k not in skip)
         access_log.log(level, "%s %s %s", record.method, record.route, summary, extra=fields)
 
     def _count(
@@ -224,6 +238,8 @@ class Observability:
                 self.tracing.set_error(model, error.message)
             model.end()
         span = record.span
+        span.update_name(f"{record.method} {record.route}")
+        span.set_attribute("http.route", record.route)
         span.set_attribute("http.response.status_code", record.status)
         if record.status >= 500 or error is not None:
             self.tracing.set_error(span, error.message if error else f"status {record.status}")
