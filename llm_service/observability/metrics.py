@@ -11,7 +11,8 @@ everything else once per request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -23,7 +24,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -60,6 +61,34 @@ class _EmbeddedState(Collector):
         yield family
 
 
+class LoopHistogram(Collector):
+    """A histogram observed from the event loop's thread only: a bisect and two additions,
+    no lock (≈ 0.2 µs against ≈ 1.4 µs for ``prometheus_client.Histogram.observe`` on this
+    machine). For the one metric observed per relayed batch; the scrape also runs on the
+    loop, so it never sees a half-done observation."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = sorted(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            total += count
+            cumulative.append((bound, float(total)))
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=cumulative, sum_value=self.sum
+        )
+
+
 class Metrics:
     """The service's metrics and the registry that exposes them."""
 
@@ -84,12 +113,13 @@ class Metrics:
             "Streamed answers: time from the request to the first relayed token.",
             buckets=_TTFT_BUCKETS, registry=registry,
         )  # fmt: skip
-        self.itl = Histogram(
+        self.itl = LoopHistogram(
             "llm_inter_token_latency_seconds",
             "Streamed answers: time between upstream reads that carried tokens (one "
             "observation per read; tokens that arrive in one read count once).",
-            buckets=_ITL_BUCKETS, registry=registry,
-        )  # fmt: skip
+            _ITL_BUCKETS,
+        )
+        registry.register(self.itl)
         self.prompt_tokens = Counter(
             "llm_prompt_tokens", "Prompt tokens, as reported by the model server.",
             registry=registry,
@@ -100,6 +130,7 @@ class Metrics:
             "report count relayed content chunks).",
             registry=registry,
         )
+        self._requests: dict[tuple[str, int], Counter] = {}
         self.upstream_errors = Counter(
             "llm_upstream_errors",
             "Model-server failures by kind (upstream_error, upstream_unavailable, "
@@ -111,6 +142,13 @@ class Metrics:
             registry=registry,
         )  # fmt: skip
         registry.register(_EmbeddedState(embedded_state))
+
+    def count_request(self, route: str, status: int) -> None:
+        """``llm_requests_total{route, status}`` + 1, with the labelled child cached."""
+        child = self._requests.get((route, status))
+        if child is None:
+            child = self._requests[route, status] = self.requests.labels(route, str(status))
+        child.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -204,7 +204,7 @@ class Observability:
         prompt_tokens: int | None,
         completion_tokens: int | None,
     ) -> None:
-        metrics.requests.labels(record.route, str(record.status)).inc()
+        metrics.count_request(record.route, record.status)
         metrics.request_seconds.labels(record.route).observe(now - record.start)
         if record.generating:
             metrics.in_flight.dec()
