@@ -45,12 +45,14 @@ class RequestIdFilter(logging.Filter):
 
 def json_formatter() -> logging.Formatter:
     """python-json-logger on orjson: time, level, logger, message, request_id and extras."""
+    from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.orjson import OrjsonFormatter
 
     return OrjsonFormatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        timestamp=False,
+        "%(levelname)s %(name)s %(message)s %(request_id)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="time",  # ISO 8601, UTC
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],  # uvicorn's ANSI-coloured copy
     )
 
 

@@ -22,6 +22,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -93,6 +94,7 @@ class Metrics:
     """The service's metrics and the registry that exposes them."""
 
     def __init__(self, embedded_state: Callable[[], str] = lambda: "disabled") -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         self.requests = Counter(

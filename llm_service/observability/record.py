@@ -182,7 +182,8 @@ class Observability:
         }  # fmt: skip
         if record.generating:
             fields["stream"] = record.stream
-            fields["ttft_ms"] = None if ttft is None else round(ttft * 1000, 2)
+            if ttft is not None:
+                fields["ttft_ms"] = round(ttft * 1000, 2)
             fields["prompt_tokens"] = prompt_tokens
             fields["completion_tokens"] = completion_tokens
             fields["finish_reason"] = answer.finish_reason if answer is not None else None
