@@ -131,6 +131,26 @@ def test_in_flight_generations_while_streaming(observed: ServiceServer, fake: Fa
     assert value(scrape(observed), "llm_generations_in_flight") == 0
 
 
+def test_client_that_leaves_mid_stream_counts_as_499(
+    observed: ServiceServer, fake: FakeOpenAI
+) -> None:
+    before = value(scrape(observed), "llm_requests_total", route=CHAT, status="499")
+    fake.push(Script(tokens=[f" t{i}" for i in range(200)], token_delay=0.05))  # 10 s
+    with httpx.stream("POST", f"{observed.url}{CHAT}", json=body(True), timeout=30) as resp:
+        assert next(resp.iter_bytes()).startswith(b"data: ")
+    # The service notices at once (well before LLM_REQUEST_TIMEOUT, 2 s here), closes the
+    # upstream stream and records the request.
+    deadline = time.monotonic() + 1.0
+    while fake.open_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.open_streams == 0 and fake.streams_cut == 1 and fake.streams_finished == 0
+    text = scrape(observed)
+    assert value(text, "llm_requests_total", route=CHAT, status="499") == before + 1
+    assert value(text, "llm_generations_in_flight") == 0
+    # The service still serves.
+    assert chat(observed, body(True)).status_code == 200
+
+
 def test_upstream_errors_by_kind_and_endpoint(
     observed: ServiceServer, fake_server: FakeServer, fake: FakeOpenAI
 ) -> None:

@@ -9,6 +9,7 @@ wrap every per-chunk send in several layers of Starlette/FastAPI middleware.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -134,7 +135,8 @@ async def answer_chat(
             except BaseException:
                 await frames.aclose()
                 raise
-            await stream_frames(send, first, frames, record.headers)
+            if not await stream_frames(send, first, frames, record.headers, receive):
+                record.status = 499  # the client went away before the end
             return
         doc = await service.complete(prepared, obs.start_generation(record, stream=False))
     except ServiceError as exc:
@@ -154,26 +156,67 @@ async def answer_chat(
     await send({"type": "http.response.body", "body": orjson.dumps(doc)})
 
 
+class _DisconnectWatch:
+    """Cancels the streaming task as soon as the client goes away.
+
+    uvicorn's ``send`` returns silently once the client has disconnected, so a stream would
+    otherwise run (and keep the model server generating) to its end; ``receive`` is what
+    reports ``http.disconnect``. One task per stream, nothing per chunk.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self.task = asyncio.current_task()
+        self.left = False
+        self.done = False
+        self.watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self.done and self.task is not None:
+            self.left = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.done = True
+        self.watcher.cancel()
+
+
 async def stream_frames(
     send: Send,
     first: bytes,
     frames: AsyncGenerator[bytes, None],
     extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
+    receive: Receive | None = None,
+) -> bool:
     """SSE frames, one ASGI send each; the iterator is always closed, so a client that goes
-    away cancels the upstream request at once."""
+    away (seen through ``receive``) cancels the upstream request at once. False when the
+    client went away."""
     headers = _SSE_HEADERS + extra if extra else _SSE_HEADERS
+    watch = _DisconnectWatch(receive) if receive is not None else None
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         message: Message = {"type": "http.response.body", "body": first, "more_body": True}
         await send(message)
         async for frame in frames:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
+        if watch is not None:
+            watch.done = True  # receive() says "disconnect" once the response is complete
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except OSError:
-        pass  # the client went away (uvicorn raises ClientDisconnected on send)
+        return False  # the client went away (some servers raise on send)
+    except asyncio.CancelledError:
+        if watch is None or not watch.left:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # our own cancellation: the client left, the stream is closed
+        return False
     finally:
+        if watch is not None:
+            watch.stop()
         await frames.aclose()
+    return True
 
 
 class _ASGIResponse(Response):
