@@ -6,6 +6,7 @@ observability work alone:
 - per chunk: ``relay_upstream`` over in-memory batches of parsed upstream chunks, without
   ``on_batch`` and with ``RequestRecord.on_batch`` (metrics on: one histogram observation
   per batch), for batches of 1 chunk (paced streams) and of 32 chunks (unpaced streams);
+- per streamed request: the client-disconnect watch (one task waiting on ``receive``);
 - per request: ``Observability.begin`` + ``start_generation`` + ``end`` (request id, log
   context, in-flight gauge, counters, histograms, the JSON access line to a null stream),
   with everything off, metrics only, metrics + INFO access line, and metrics + access line
@@ -25,6 +26,7 @@ import timeit
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from llm_service.api.opea import _DisconnectWatch
 from llm_service.observability import Metrics, Observability
 from llm_service.observability.logs import handler_for
 from llm_service.observability.tracing import build_tracing
@@ -107,6 +109,35 @@ def request_seconds(obs: Observability, number: int) -> float:
     return min(timeit.repeat(one, number=number, repeat=7)) / number
 
 
+def watch_seconds(number: int) -> float:
+    """Seconds per streamed request for starting and stopping the disconnect watch."""
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def run() -> None:
+        for _ in range(number):
+            watch = _DisconnectWatch(receive)
+            await asyncio.sleep(0)  # the watcher starts waiting, as during a stream
+            watch.stop()
+        await asyncio.sleep(0)
+
+    async def empty() -> None:
+        for _ in range(number):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    try:
+        with_watch = min(timeit.repeat(lambda: loop.run_until_complete(run()), number=1, repeat=5))
+        without = min(timeit.repeat(lambda: loop.run_until_complete(empty()), number=1, repeat=5))
+    finally:
+        loop.close()
+    return (with_watch - without) / number
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=300, help="answers per relay timing")
@@ -145,6 +176,7 @@ def main() -> None:
         Observability(metrics=Metrics(), tracing=tracing), args.requests // 3
     )
     root.removeHandler(handler)
+    per_request["disconnect_watch_per_stream"] = watch_seconds(args.requests)
     results["us_per_request"] = {k: round(v * 1e6, 2) for k, v in per_request.items()}
     results["us_per_chunk_spread_over_65_chunks"] = {
         k: round(v * 1e6 / 65, 3) for k, v in per_request.items()
