@@ -29,6 +29,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_service.observability.logs import handler_for
+from llm_service.settings import Settings, SettingsError
 from tests.fake_openai import FakeOpenAI, Script
 from tests.servers import FakeServer, LoopThread, ServiceServer, free_port, settings_for
 from tests.sse import content_of, parse_frames
@@ -87,6 +88,31 @@ def label_values(text: str, name: str, label: str) -> set[str]:
         for s in family.samples
         if s.name == name and label in s.labels
     }
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_operations_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LLM_LOG_FORMAT", "LLM_METRICS_ENABLED", "LLM_OTLP_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = Settings.load()
+    assert (defaults.log_format, defaults.metrics_enabled, defaults.otlp_endpoint) == (
+        "json", True, None,
+    )  # fmt: skip
+    monkeypatch.setenv("LLM_LOG_FORMAT", " TEXT ")
+    monkeypatch.setenv("LLM_OTLP_ENDPOINT", "http://collector:4318/")
+    monkeypatch.setenv("LLM_METRICS_ENABLED", "false")
+    loaded = Settings.load()
+    assert (loaded.log_format, loaded.metrics_enabled, loaded.otlp_endpoint) == (
+        "text", False, "http://collector:4318",
+    )  # fmt: skip
+    monkeypatch.setenv("LLM_LOG_FORMAT", "xml")
+    monkeypatch.setenv("LLM_OTLP_ENDPOINT", "collector:4318")
+    with pytest.raises(SettingsError) as err:
+        Settings.load()
+    assert "LLM_LOG_FORMAT: Input should be 'json' or 'text'" in str(err.value)
+    assert "LLM_OTLP_ENDPOINT: 'collector:4318' is not an http(s) URL" in str(err.value)
 
 
 # --- metrics -------------------------------------------------------------------------------
