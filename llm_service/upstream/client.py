@@ -244,7 +244,12 @@ class UpstreamClient:
                     f"(LLM_CONNECT_TIMEOUT={self.connect_timeout:g} s)"
                 ) from None
             except TimeoutError:
-                raise UpstreamTimeout("model server did not answer in time") from None
+                limit = (
+                    f"{limits.total:g} s"
+                    if limits is not None
+                    else f"LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
+                )
+                raise UpstreamTimeout(f"model server did not answer within {limit}") from None
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise UpstreamError(
                     f"model server's TLS certificate is not trusted ({exc.certificate_error}); "
