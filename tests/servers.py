@@ -56,6 +56,7 @@ class FakeServer:
         scheme = "https" if ssl_context is not None else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._ssl = ssl_context
+        self._closed = False
         self._loop = LoopThread("fake-openai")
         self._runner = web.AppRunner(app or self.fake.app(), access_log=None)
         self._loop.run(self._start())
@@ -66,6 +67,9 @@ class FakeServer:
         await site.start()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._loop.run(self._runner.cleanup())
         self._loop.close()
 
