@@ -45,6 +45,7 @@ class Script:
     stall_after: int | None = None  # pause after this many content chunks ...
     stall_for: float = 0.0  # ... for this many seconds (an idle gap mid-stream)
     usage_in_finish_chunk: bool = False  # TGI: usage rides on the finish chunk
+    error_chunk: Any = None  # the body of the error_chunk_after chunk (default: vLLM's)
 
 
 class FakeOpenAI:
@@ -187,8 +188,9 @@ class FakeOpenAI:
                 if script.malformed_after is not None and i == script.malformed_after:
                     await resp.write(b'data: {"choices": [\n\n')
                 if script.error_chunk_after is not None and i == script.error_chunk_after:
-                    err = {"error": {"object": "error", "message": "fake mid-stream failure",
-                                     "type": "InternalServerError", "code": 500}}  # fmt: skip
+                    err = script.error_chunk or {
+                        "error": {"object": "error", "message": "fake mid-stream failure",
+                                  "type": "InternalServerError", "code": 500}}  # fmt: skip
                     await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
                     await resp.write(b"data: [DONE]\n\n")
                     return resp

@@ -37,7 +37,10 @@ def test_service_waits_for_a_late_model_server(caplog: pytest.LogCaptureFixture)
         resp = httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=10)
         assert resp.status_code == 200
         deadline = time.monotonic() + 15
-        messages = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+
+        def messages() -> list[str]:
+            return [r.getMessage() for r in caplog.records]
+
         while not any("model server answers after" in m for m in messages()):
             assert time.monotonic() < deadline, "the start-up check never saw the server"
             time.sleep(0.1)
