@@ -58,7 +58,9 @@ def _chat_openai(settings: Settings, url: str) -> BaseChatModel:
     import httpx
     from langchain_openai import ChatOpenAI
 
-    verify = not settings.tls_skip_verify
+    verify: bool | str = not settings.tls_skip_verify
+    if verify and settings.tls_ca_bundle is not None:
+        verify = str(settings.tls_ca_bundle)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     return ChatOpenAI(
         model=settings.model_name,
