@@ -216,12 +216,6 @@ class Settings(BaseSettings):
         """True when no endpoint is configured and the embedded llama.cpp server is used."""
         return self.model_server_endpoint is None
 
-    @property
-    def endpoints(self) -> list[str]:
-        """The model server's replicas: ``LLM_MODEL_SERVER_ENDPOINT`` split at commas."""
-        url = self.model_server_endpoint
-        return url.split(",") if url else []
-
     @classmethod
     def load(cls, env_file: str | Path | None = None, **overrides: Any) -> Settings:
         """Read settings from the environment (and ``env_file``), or raise SettingsError.

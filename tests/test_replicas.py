@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_service.settings import Settings, SettingsError
 from tests.fake_openai import Script
 from tests.servers import FakeServer, ServiceServer, settings_for
 from tests.sse import content_of, parse_frames
@@ -162,3 +163,10 @@ def test_readiness_is_ready_while_one_replica_answers(
             assert resp.status_code == 200
     finally:
         service.close()
+
+
+def test_endpoint_list_is_validated() -> None:
+    settings = Settings.load(None, model_server_endpoint=" http://a:8000/ , https://b:8001")
+    assert settings.model_server_endpoint == "http://a:8000,https://b:8001"
+    with pytest.raises(SettingsError, match=r"LLM_MODEL_SERVER_ENDPOINT.*'ftp://b' is not"):
+        Settings.load(None, model_server_endpoint="http://a:8000,ftp://b")
