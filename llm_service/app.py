@@ -7,6 +7,7 @@ connection pool, and closes both on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -60,10 +61,19 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True) -> Fa
         await client.start()
         app.state.service = ChatService(settings, client, build_prompt_step(settings, client))
         app.state.embedded = embedded
+        # issue 6: the model server may come up after us; wait for it in the background
+        # (liveness is up at once, /v1/ready says 503 until the model server answers).
+        waiter = (
+            asyncio.create_task(client.wait_until_answers(settings.startup_wait))
+            if settings.startup_wait > 0
+            else None
+        )
         tune_gc()
         try:
             yield
         finally:
+            if waiter is not None:
+                waiter.cancel()
             await client.aclose()
             if embedded is not None:
                 await embedded.stop()

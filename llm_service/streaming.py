@@ -23,6 +23,7 @@ from langchain_core.messages import BaseMessageChunk
 
 from llm_service.errors import ServiceError, as_service_error
 from llm_service.upstream.client import Chunk
+from llm_service.upstream.params import finish_reason
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class OpenAIChunkEncoder:
         frame = (
             self._content_head
             + b'""},"finish_reason":'
-            + orjson.dumps(reason or "stop")
+            + orjson.dumps(finish_reason(reason))
             + b"}]}\n\n"
         )
         if self.include_usage and usage is not None:
