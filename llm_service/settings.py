@@ -149,6 +149,17 @@ class Settings(BaseSettings):
         "INFO", description="Log level."
     )
 
+    # --- issue 11: LangServe routes and playground ----------------------------------------
+    langserve_path: str = Field(
+        "/llm",
+        pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        description="Path prefix of the LangServe-style routes (/invoke, /batch, /stream, "
+        "/stream_events, schemas, /playground), e.g. /llm.",
+    )
+    playground_enabled: bool = Field(
+        True, description="Serve the playground page at <LLM_LANGSERVE_PATH>/playground."
+    )
+
     @field_validator("model_server", mode="before")
     @classmethod
     def _lower_server(cls, value: Any) -> Any:
