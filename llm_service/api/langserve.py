@@ -270,6 +270,14 @@ def _json(obj: Any) -> Response:
     return Response(lc_dumps(obj), media_type="application/json")
 
 
+def playground_html(path: str) -> str:
+    """The playground page (package data), pointed at the OpenAI route relative to
+    ``<path>/playground``, so that a reverse proxy's prefix keeps working."""
+    page = resources.files("llm_service").joinpath("static/playground.html")
+    api = "../" * path.count("/") + "v1/chat/completions"
+    return page.read_text(encoding="utf-8").replace("__API_URL__", api)
+
+
 # --- routes --------------------------------------------------------------------------------
 
 
@@ -351,11 +359,11 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
         return JSONResponse(model.model_json_schema())
 
     if playground:
+        page = playground_html(path)
 
         @router.get("/playground", summary="The playground page", response_class=HTMLResponse)
         async def playground_page() -> HTMLResponse:
-            page = resources.files("llm_service").joinpath("static/playground.html")
-            return HTMLResponse(page.read_text(encoding="utf-8"))
+            return HTMLResponse(page)
 
     return router
 
