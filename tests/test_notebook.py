@@ -18,14 +18,14 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "docs" / "quickstart.ipynb"
 
 
 def test_notebook_is_stored_without_outputs() -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
 
 
 def test_notebook_runs_top_to_bottom(embedded_url: str, llama_service: ServiceServer) -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]
     params = nb.cells[2]
     assert params.source.startswith("SERVICE_URL = None")
     params.source = f"SERVICE_URL = {llama_service.url!r}\nMODEL_SERVER_URL = {embedded_url!r}"
