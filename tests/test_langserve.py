@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -257,6 +258,26 @@ def test_remote_stream_raises_the_error_event(
     with pytest.raises(httpx.HTTPStatusError) as info:
         list(remote.stream(QUESTION))
     assert info.value.response.status_code == 502
+
+
+@pytest.mark.parametrize("route", ["stream", "stream_events"])
+def test_client_disconnect_closes_upstream(
+    service: ServiceServer, fake: FakeOpenAI, route: str
+) -> None:
+    fake.push(Script(tokens=[f" t{i}" for i in range(200)], token_delay=0.02))
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", f"{service.url}/llm/{route}", json={"input": QUESTION}) as resp,
+    ):
+        for line in resp.iter_lines():
+            if '"t1"' in line or " t1" in line:
+                break
+    # The client is gone: the model server's stream is cut long before its 4 s of tokens.
+    deadline = time.monotonic() + 1.0
+    while fake.open_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.open_streams == 0
+    assert fake.streams_cut == 1 and fake.streams_finished == 0
 
 
 # --- settings ------------------------------------------------------------------------------

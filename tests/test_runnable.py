@@ -214,3 +214,16 @@ def test_embedded_retry_and_fallback(llama_rag: Runnable[str, BaseMessage]) -> N
     dead = Settings(_env_file=None, model_server_endpoint=f"http://127.0.0.1:{free_port()}")
     chain = rag(build_chain(dead)).with_retry(stop_after_attempt=2).with_fallbacks([llama_rag])
     check_answer(chain.invoke(QUESTIONS[0]))
+
+
+def test_public_api_is_typed_and_documented() -> None:
+    from importlib import resources
+
+    import llm_service
+
+    assert resources.files("llm_service").joinpath("py.typed").is_file()
+    assert resources.files("llm_service").joinpath("static/playground.html").is_file()
+    for name in llm_service.__all__:
+        obj = getattr(llm_service, name)
+        assert name == "__version__" or (obj.__doc__ or "").strip(), name
+    assert "with_fallbacks" in (build_chain.__doc__ or "")
