@@ -185,6 +185,18 @@ def test_other_knobs_are_422(
     assert fake.requests == []
 
 
+def test_max_tokens_knob_reaches_the_token_budget(service: ServiceServer, fake: FakeOpenAI) -> None:
+    # The fake reports a 4096-token window: 5000 tokens for the answer leave no room.
+    config = {"configurable": {"max_tokens": 5000}}
+    resp = post(service, "invoke", {"input": QUESTION, "config": config})
+    assert resp.status_code == 422
+    assert resp.json()["error"]["param"] == "config.configurable.max_tokens"
+    assert "context window of 4096" in resp.json()["error"]["message"]
+    assert fake.requests == []
+    frames = parse_frames(post(service, "stream", {"input": QUESTION, "config": config}).text)
+    assert frames[-1].event == "error" and frames[-1].json()["status_code"] == 422
+
+
 def test_remote_runnable_raises_on_a_bad_knob(remote: RemoteRunnable[Any, Any]) -> None:
     with pytest.raises(httpx.HTTPStatusError, match="422"):
         remote.invoke(QUESTION, {"configurable": {"seed": 1}})
@@ -295,3 +307,11 @@ def test_path_and_playground_follow_the_settings(fake_server: FakeServer, fake: 
         assert httpx.post(f"{other.url}/llm/invoke", json={"input": QUESTION}).status_code == 404
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("path", ["llm", "/llm/", "/", "/a b"])
+def test_bad_langserve_path_stops_start_up(path: str) -> None:
+    from llm_service.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="LLM_LANGSERVE_PATH"):
+        Settings.load(langserve_path=path)

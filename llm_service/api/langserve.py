@@ -129,24 +129,28 @@ class TemplatedPrompt(RunnableSerializable[dict[str, Any], list[BaseMessage]]):
     prompt_template: str | None = None
     name: str | None = "rag_prompt"
 
-    def _input(self, inp: Mapping[str, Any]) -> dict[str, Any]:
+    def _input(self, inp: Mapping[str, Any], config: RunnableConfig | None) -> dict[str, Any]:
         out = dict(inp)
         if self.prompt_template is not None and not out.get("prompt_template"):
             out["prompt_template"] = self.prompt_template
+        # The token budget leaves room for the answer the request asked for.
+        max_tokens = ((config or {}).get("configurable") or {}).get("max_tokens")
+        if max_tokens is not None and "max_tokens" not in out:
+            out["max_tokens"] = max_tokens
         return out
 
     def invoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[BaseMessage]:
-        return self._call_with_config(
-            lambda inp: self.step._run(self._input(inp)), input, config, run_type="prompt"
-        )
+        inp = self._input(input, config)
+        return self._call_with_config(lambda _: self.step._run(inp), input, config, "prompt")
 
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[BaseMessage]:
+        inp = self._input(input, config)
         return await self._acall_with_config(
-            lambda inp: self.step._arun(self._input(inp)), input, config, run_type="prompt"
+            lambda _: self.step._arun(inp), input, config, "prompt"
         )
 
 
@@ -249,8 +253,8 @@ def _config(service: ChatService, raw: Mapping[str, Any], where: str = "config")
 
 
 def _invalid_input(exc: PromptError) -> InvalidRequest:
-    param = f"input.{exc.param}"
-    return InvalidRequest(f"input.{exc}", param=param)
+    where = "config.configurable" if exc.param == "max_tokens" else "input"
+    return InvalidRequest(f"{where}.{exc}", param=f"{where}.{exc.param}")
 
 
 async def _translated(items: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
@@ -281,11 +285,21 @@ def playground_html(path: str) -> str:
 # --- routes --------------------------------------------------------------------------------
 
 
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body for a route that parses its raw body itself."""
+    schema = {"application/json": {"schema": model.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": schema}}
+
+
 def build_router(path: str, *, playground: bool) -> APIRouter:
     """The routes under ``path`` (``LLM_LANGSERVE_PATH``)."""
     router = APIRouter(prefix=path, tags=["langserve"])
 
-    @router.post("/invoke", summary="Run the chain once: {input, config, kwargs} -> {output}")
+    @router.post(
+        "/invoke",
+        openapi_extra=_body(InvokeRequest),
+        summary="Run the chain once: {input, config, kwargs} -> {output}",
+    )
     async def invoke(request: Request) -> Response:
         service: ChatService = request.app.state.service
         body = _parse(InvokeRequest, await request.body())
@@ -297,7 +311,11 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
         run_id = str(config["run_id"])
         return _json({"output": output, "metadata": {"run_id": run_id, "feedback_tokens": []}})
 
-    @router.post("/batch", summary="Run the chain on several inputs: {inputs, config}")
+    @router.post(
+        "/batch",
+        openapi_extra=_body(BatchRequest),
+        summary="Run the chain on several inputs: {inputs, config}",
+    )
     async def batch(request: Request) -> Response:
         service: ChatService = request.app.state.service
         body = _parse(BatchRequest, await request.body())
@@ -318,7 +336,11 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
         responses = [{"run_id": r, "feedback_tokens": []} for r in run_ids]
         return _json({"output": outputs, "metadata": {"run_ids": run_ids, "responses": responses}})
 
-    @router.post("/stream", summary="Stream the answer's message chunks as LangServe SSE")
+    @router.post(
+        "/stream",
+        openapi_extra=_body(InvokeRequest),
+        summary="Stream the answer's message chunks as LangServe SSE",
+    )
     async def stream(request: Request) -> StreamingResponse:
         service: ChatService = request.app.state.service
         body = _parse(InvokeRequest, await request.body())
@@ -326,7 +348,11 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
         chunks = _translated(_chain(request).astream(inp, config))
         return _sse(relay_langserve(chunks, run_id=str(config["run_id"])))
 
-    @router.post("/stream_events", summary="Stream the chain's runnable events (v2) as SSE")
+    @router.post(
+        "/stream_events",
+        openapi_extra=_body(StreamEventsRequest),
+        summary="Stream the chain's runnable events (v2) as SSE",
+    )
     async def stream_events(request: Request) -> StreamingResponse:
         service: ChatService = request.app.state.service
         body = _parse(StreamEventsRequest, await request.body())
