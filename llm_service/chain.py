@@ -20,6 +20,7 @@ from langchain_core.runnables import Runnable
 
 from llm_service.model import UpstreamChatModel
 from llm_service.prompting import PromptLibrary, PromptStep
+from llm_service.rag_chain import RagChain
 from llm_service.settings import Settings
 from llm_service.upstream import build_client
 from llm_service.upstream.client import UpstreamClient
@@ -137,10 +138,7 @@ def build_chain(
         prompt = build_prompt_step(settings, client, max_tokens=params.get("max_tokens"))
     model = model or build_model(settings, client=client)
     bound = bind_params(settings, model, params)
-    chain: Runnable[Mapping[str, Any], BaseMessage] = (prompt.as_runnable() | bound).with_config(
-        run_name="llm_service"
-    )
-    return chain
+    return RagChain(prompt=prompt.as_runnable(), model=bound)
 
 
 def build_prompt_step(
