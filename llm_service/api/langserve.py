@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llm_service.api.opea import validation_error
 from llm_service.errors import InvalidRequest
 from llm_service.prompting import PromptError, PromptStep
+from llm_service.rag_chain import RagChain
 from llm_service.schemas import ChatMessage, HistoryItem, RerankedDoc
 from llm_service.service import ChatService
 from llm_service.streaming import lc_dumps, relay_langserve
@@ -155,7 +156,8 @@ class TemplatedPrompt(RunnableSerializable[dict[str, Any], list[BaseMessage]]):
 
 
 def served_chain(service: ChatService) -> Runnable[dict[str, Any], BaseMessage]:
-    """``build_chain``'s prompt | model over the service's client, with ``KNOBS`` configurable."""
+    """``build_chain``'s chain (``RagChain``: prompt step then model step, one run named
+    ``llm_service``) over the service's client, with ``KNOBS`` configurable."""
     prompt = TemplatedPrompt(step=service.prompt).configurable_fields(
         prompt_template=ConfigurableField(
             id="prompt_template",
@@ -172,8 +174,7 @@ def served_chain(service: ChatService) -> Runnable[dict[str, Any], BaseMessage]:
             id="max_tokens", name="Max tokens", description="Most tokens to generate."
         ),
     )
-    chain = (prompt | model).with_config(run_name="llm_service")
-    return cast(Runnable[dict[str, Any], BaseMessage], chain)
+    return RagChain(prompt=prompt, model=model)
 
 
 def _chain(request: Request) -> Runnable[dict[str, Any], BaseMessage]:
