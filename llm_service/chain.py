@@ -104,7 +104,7 @@ def build_chain(
     model: BaseChatModel | None = None,
     **params: Any,
 ) -> Runnable[Mapping[str, Any], BaseMessage]:
-    """``prompt | model`` as one Runnable: the object the HTTP service runs, importable.
+    """``prompt | model`` as one Runnable (a ``RagChain``): what the service runs, importable.
 
     Input: ``{"messages": [...]}`` (ready-made chat messages) or ``{"question": ...,
     "reranked_docs": [...], "history": [...]}`` (the prompt is built from the template
