@@ -220,6 +220,15 @@ def test_bad_input_is_422(
     assert resp.json()["error"]["param"] == param
 
 
+def test_body_over_the_limit_is_413(service: ServiceServer, fake: FakeOpenAI) -> None:
+    big = {"input": {"question": "q", "reranked_docs": [{"text": "x" * 9_000_000}]}}
+    resp = post(service, "invoke", big)
+    assert resp.status_code == 413 and resp.json()["error"]["param"] == "body"
+    broken = httpx.post(f"{service.url}/llm/invoke", content=b"{not json", timeout=30)
+    assert broken.status_code == 422 and broken.json()["error"]["param"] == "body"
+    assert fake.requests == []
+
+
 def test_bad_batch_input_names_the_item(service: ServiceServer) -> None:
     resp = post(service, "batch", {"inputs": [QUESTION, {"question": 3}]})
     assert resp.status_code == 422

@@ -32,7 +32,7 @@ from langchain_core.runnables import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llm_service.api.opea import validation_error
+from llm_service.api.opea import read_body, validation_error
 from llm_service.errors import InvalidRequest
 from llm_service.prompting import PromptError, PromptStep
 from llm_service.rag_chain import RagChain
@@ -190,7 +190,10 @@ def _chain(request: Request) -> Runnable[dict[str, Any], BaseMessage]:
 # --- validation ----------------------------------------------------------------------------
 
 
-def _parse(model: type[BaseModel], body: bytes) -> Any:
+async def _parse(model: type[BaseModel], request: Request) -> Any:
+    """The body as ``model``: 413 past ``LLM_MAX_BODY_BYTES``, 422 naming every bad field."""
+    limit = request.app.state.settings.max_body_bytes
+    body = await read_body(request.scope, request.receive, limit)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
@@ -303,7 +306,7 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
     )
     async def invoke(request: Request) -> Response:
         service: ChatService = request.app.state.service
-        body = _parse(InvokeRequest, await request.body())
+        body = await _parse(InvokeRequest, request)
         inp, config = _input(service, body.input), _config(service, body.config)
         try:
             output = await _chain(request).ainvoke(inp, config)
@@ -319,7 +322,7 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
     )
     async def batch(request: Request) -> Response:
         service: ChatService = request.app.state.service
-        body = _parse(BatchRequest, await request.body())
+        body = await _parse(BatchRequest, request)
         inputs = [_input(service, x, f"inputs.{i}") for i, x in enumerate(body.inputs)]
         raw: Sequence[Mapping[str, Any]]
         if isinstance(body.config, list):
@@ -344,7 +347,7 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
     )
     async def stream(request: Request) -> StreamingResponse:
         service: ChatService = request.app.state.service
-        body = _parse(InvokeRequest, await request.body())
+        body = await _parse(InvokeRequest, request)
         inp, config = _input(service, body.input), _config(service, body.config)
         chunks = _translated(_chain(request).astream(inp, config))
         return _sse(relay_langserve(chunks, run_id=str(config["run_id"])))
@@ -356,7 +359,7 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
     )
     async def stream_events(request: Request) -> StreamingResponse:
         service: ChatService = request.app.state.service
-        body = _parse(StreamEventsRequest, await request.body())
+        body = await _parse(StreamEventsRequest, request)
         inp, config = _input(service, body.input), _config(service, body.config)
         events = _chain(request).astream_events(
             inp,
