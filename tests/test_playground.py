@@ -15,6 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.fake_openai import FakeOpenAI, Script
 from tests.servers import ServiceServer
 
 DL_URL = "https://en.wikipedia.org/wiki/Deep_learning"
@@ -92,3 +93,29 @@ def test_error_is_shown(llama_service: ServiceServer, browser: WebDriver) -> Non
     WebDriverWait(browser, 30).until(lambda b: status.text.startswith("Error"))
     assert "422" in status.text and "no-such-template" in status.text
     assert status.get_attribute("class") == "error"
+
+
+def test_cited_ids_in_the_answer_become_links(
+    service: ServiceServer, fake: FakeOpenAI, browser: WebDriver
+) -> None:
+    """Against the fake server, whose answer cites [2]: that citation links to document 2,
+    which is listed in bold."""
+    fake.push(Script(tokens=["Networks", " learn", " [2]", "."]))
+    browser.get(f"{service.url}/llm/playground")
+    browser.find_element(By.ID, "question").send_keys("How do networks learn?")
+    for url, text in [(DL_URL, "Deep learning."), ("https://example.com/nn", "Weights.")]:
+        browser.find_element(By.ID, "add-doc").click()
+        doc = browser.find_elements(By.CSS_SELECTOR, "#docs .doc")[-1]
+        doc.find_element(By.CLASS_NAME, "doc-url").send_keys(url)
+        doc.find_element(By.CLASS_NAME, "doc-text").send_keys(text)
+    browser.find_element(By.ID, "ask").click()
+    status = browser.find_element(By.ID, "status")
+    WebDriverWait(browser, 30).until(lambda b: status.text.startswith(("Done", "Error")))
+    assert status.text == "Done (stop)."
+    answer = browser.find_element(By.ID, "answer")
+    assert answer.text == "Networks learn [2]."
+    link = answer.find_element(By.TAG_NAME, "a")
+    assert (link.text, link.get_attribute("href")) == ("[2]", "https://example.com/nn")
+    cited = browser.find_elements(By.CSS_SELECTOR, "#sources li.cited a")
+    assert [a.get_attribute("href") for a in cited] == ["https://example.com/nn"]
+    assert fake.requests[-1]["messages"][0]["content"].count("https://example.com/nn") == 1
