@@ -23,6 +23,10 @@ system-deps:
 	@command -v cmake >/dev/null && command -v c++ >/dev/null || { \
 	  echo "installing cmake and a C++ compiler (needed to build llama-cpp-python)"; \
 	  apt-get update -qq && apt-get install -y -qq cmake build-essential; }
+	@# issue 11: the playground test drives a real headless Chromium through Selenium.
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (for tests/test_playground.py)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
 .venv/.synced: pyproject.toml uv.lock | uv system-deps
 	$(UV) sync --locked --extra embedded

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_service import __version__
-from llm_service.api import health, opea
+from llm_service.api import health, langserve, opea
 from llm_service.chain import build_prompt_step
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.prompting import PromptLibrary
@@ -90,6 +90,10 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True) -> Fa
     app.state.settings = settings
     app.include_router(opea.router)
     app.include_router(health.router)
+    # issue 11: LangServe-style routes and the playground under LLM_LANGSERVE_PATH
+    app.include_router(
+        langserve.build_router(settings.langserve_path, playground=settings.playground_enabled)
+    )
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -232,13 +232,31 @@ def build_chain(
     model: BaseChatModel | None = None,
     **params: Any,
 ) -> Runnable[Mapping[str, Any], BaseMessage]:
-    """``prompt | model`` as one Runnable.
+    """``prompt | model`` as one Runnable (a ``RagChain``): what the service runs, importable.
 
     Input: ``{"messages": [...]}`` (ready-made chat messages) or ``{"question": ...,
     "reranked_docs": [...], "history": [...]}`` (the prompt is built from the template
-    named by ``LLM_PROMPT_TEMPLATE``). Output: an ``AIMessage``; streamed, ``AIMessageChunk``s
-    whose last carries ``finish_reason`` and usage. ``params`` (max_tokens, temperature,
-    top_p, top_k, typical_p, repetition_penalty, stop, seed) are bound to the model step.
+    named by ``LLM_PROMPT_TEMPLATE``, or the input's ``prompt_template``). Output: an
+    ``AIMessage``; streamed, ``AIMessageChunk``s whose last carries ``finish_reason`` and
+    usage. ``params`` (max_tokens, temperature, top_p, top_k, typical_p,
+    repetition_penalty, stop, seed) are bound to the model step.
+
+    Args:
+        settings: configuration; ``Settings.load()`` (the environment) when omitted.
+        endpoint: model server base URL (no ``/v1``), overriding
+            ``settings.model_server_endpoint``.
+        client: an ``UpstreamClient`` to share (e.g. the app's connection pool).
+        prompt: a ready ``PromptStep`` (default: the templates of ``LLM_PROMPTS_DIR`` with
+            the model server's token budget).
+        model: a ready chat model (default: ``build_model``, chosen by
+            ``LLM_MODEL_CLIENT``).
+
+    The result is an ordinary Runnable: compose it (``retriever | format | chain``), and
+    use ``invoke``/``ainvoke``, ``batch``/``abatch``, ``stream``/``astream``,
+    ``astream_events``, ``with_retry``, ``with_fallbacks``. Outside the app each event loop
+    gets one kept-alive connection pool, closed with the loop. Failures raise
+    ``llm_service.errors.ServiceError`` subclasses (``UpstreamError`` 502,
+    ``UpstreamUnavailable`` 503, ``UpstreamTimeout`` 504).
     """
     settings = settings or Settings.load()
     if client is None and (prompt is None or model is None):

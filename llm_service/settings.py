@@ -185,6 +185,17 @@ class Settings(BaseSettings):
         "answer /v1/models; the service serves meanwhile, /v1/ready says 503. 0: no check.",
     )
 
+    # --- issue 11: LangServe routes and playground ----------------------------------------
+    langserve_path: str = Field(
+        "/llm",
+        pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        description="Path prefix of the LangServe-style routes (/invoke, /batch, /stream, "
+        "/stream_events, schemas, /playground), e.g. /llm.",
+    )
+    playground_enabled: bool = Field(
+        True, description="Serve the playground page at <LLM_LANGSERVE_PATH>/playground."
+    )
+
     @field_validator("model_server", mode="before")
     @classmethod
     def _lower_server(cls, value: Any) -> Any:
