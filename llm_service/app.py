@@ -7,6 +7,7 @@ connection pool, and closes both on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_service import __version__
-from llm_service.api import health, metrics, opea
+from llm_service.api import health, langserve, metrics, opea
 from llm_service.chain import build_prompt_step
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.observability import build_observability
@@ -77,10 +78,19 @@ def create_app(
             settings, client, build_prompt_step(settings, client), observability=observability
         )
         app.state.embedded = embedded
+        # issue 6: the model server may come up after us; wait for it in the background
+        # (liveness is up at once, /v1/ready says 503 until the model server answers).
+        waiter = (
+            asyncio.create_task(client.wait_until_answers(settings.startup_wait))
+            if settings.startup_wait > 0
+            else None
+        )
         tune_gc()
         try:
             yield
         finally:
+            if waiter is not None:
+                waiter.cancel()
             await client.aclose()
             if embedded is not None:
                 await embedded.stop()
@@ -99,6 +109,10 @@ def create_app(
     app.state.observability = observability
     app.include_router(opea.router)
     app.include_router(health.router)
+    # issue 11: LangServe-style routes and the playground under LLM_LANGSERVE_PATH
+    app.include_router(
+        langserve.build_router(settings.langserve_path, playground=settings.playground_enabled)
+    )
     if observability.metrics is not None:
         app.include_router(metrics.router)
     app.add_exception_handler(ServiceError, _service_error)

@@ -29,7 +29,7 @@ from llm_service.schemas import ChatRequest
 from llm_service.settings import Settings
 from llm_service.streaming import Answer, OpenAIChunkEncoder, relay_chain, relay_upstream
 from llm_service.upstream.client import UpstreamClient
-from llm_service.upstream.params import sampling_payload
+from llm_service.upstream.params import finish_reason, sampling_payload
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,10 @@ class ChatService:
         self.model = model or build_model(settings, client=client)
         self.model_name = settings.model_name
         self.through_chain = (
-            settings.route_via_chain or settings.model_client != "fast" or tracing_is_enabled()
+            settings.route_via_chain
+            or settings.model_client != "fast"
+            or settings.model_api == "completions"  # issue 6: VLLMOpenAI model step
+            or tracing_is_enabled()
         )
 
     # --- preparing -----------------------------------------------------------------------
@@ -221,7 +224,7 @@ class ChatService:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish or "stop",
+                    "finish_reason": finish_reason(finish),
                 }
             ],
             "usage": usage,

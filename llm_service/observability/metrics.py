@@ -38,10 +38,14 @@ _REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 
 
 def endpoint_label(url: str) -> str:
-    """``scheme://host:port`` of a model-server URL: no credentials, no path."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}"
+    """``scheme://host:port`` of a model-server URL (each, for a comma-separated list of
+    replicas): no credentials, no path."""
+    labels = []
+    for part in url.split(","):
+        parts = urlsplit(part.strip())
+        port = f":{parts.port}" if parts.port else ""
+        labels.append(f"{parts.scheme}://{parts.hostname}{port}")
+    return ",".join(labels)
 
 
 class _EmbeddedState(Collector):
