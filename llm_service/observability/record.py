@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
+from starlette.types import Scope
+
 from llm_service.errors import ServiceError, UpstreamError
 from llm_service.observability.logs import access_log, new_request_id, request_id
 from llm_service.observability.metrics import Metrics, endpoint_label
@@ -36,7 +38,7 @@ class RequestRecord:
     """What one request did, filled in by the route as it goes."""
 
     __slots__ = (
-        "_token", "_upstream", "first_token", "generating", "headers", "itl", "last_batch",
+        "_token", "first_token", "generating", "headers", "itl", "last_batch",
         "method", "model_span", "prepared", "request_id", "route", "span", "start", "status",
         "stream", "upstream_error",
     )  # fmt: skip
@@ -57,7 +59,6 @@ class RequestRecord:
         self.upstream_error: ServiceError | None = None
         self.span: Span | None = None
         self.model_span: Span | None = None
-        self._upstream: Tracing | None = None
         self._token: Token[str] | None = None
 
     def on_batch(self) -> None:
@@ -91,7 +92,7 @@ class Observability:
 
     # --- the request's life ----------------------------------------------------------------
 
-    def begin(self, scope: dict[str, Any] | Any, route: str) -> RequestRecord:
+    def begin(self, scope: Scope, route: str) -> RequestRecord:
         incoming = None
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER:
