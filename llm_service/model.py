@@ -24,6 +24,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_service.aio import run_sync
+from llm_service.observability.logs import upstream_headers
 from llm_service.settings import ModelServer
 from llm_service.upstream.client import Chunk, UpstreamClient
 from llm_service.upstream.params import sampling_payload
@@ -184,7 +185,7 @@ class UpstreamChatModel(BaseChatModel):
         payload["stream_options"] = {"include_usage": True}
         # BaseChatModel.astream reports each chunk to the callbacks (on_llm_new_token).
         make = _ChunkFactory()
-        async for batch in self.client.stream_chat(payload):
+        async for batch in self.client.stream_chat(payload, upstream_headers()):
             for chunk in batch:
                 yield make(chunk)
 
@@ -195,7 +196,7 @@ class UpstreamChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = await self.client.chat(self.payload(messages, stop, kwargs))
+        result = await self.client.chat(self.payload(messages, stop, kwargs), upstream_headers())
         choice = result["choices"][0]
         finish = choice.get("finish_reason")
         message = AIMessage(

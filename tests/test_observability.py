@@ -267,6 +267,30 @@ def test_request_id_generated_when_missing_or_unusable(
         assert HEX32.fullmatch(got)
 
 
+def test_request_id_reaches_the_model_server_through_the_chain(
+    observed: ServiceServer, fake_server: FakeServer, fake: FakeOpenAI
+) -> None:
+    """The LangServe routes and a chat route that streams through the chain's model step pass
+    the id on too (from the request's context)."""
+    question = {"question": "What is deep learning?", "reranked_docs": []}
+    for route in ("invoke", "stream"):
+        resp = httpx.post(f"{observed.url}/llm/{route}", json={"input": question},
+                          headers={"X-Request-ID": f"ls-{route}"}, timeout=30)  # fmt: skip
+        assert resp.status_code == 200 and resp.headers["x-request-id"] == f"ls-{route}"
+        assert fake.headers[-1]["X-Request-ID"] == f"ls-{route}"
+    via_chain = ServiceServer(settings_for(fake_server.url, route_via_chain=True))
+    try:
+        for stream in (True, False):
+            resp = chat(via_chain, body(stream), **{"X-Request-ID": f"chain-{stream}"})
+            assert resp.status_code == 200
+            assert fake.headers[-1]["X-Request-ID"] == f"chain-{stream}"
+    finally:
+        via_chain.close()
+    text = scrape(observed)
+    assert value(text, "llm_requests_total", route="/llm/invoke", status="200") >= 1
+    assert value(text, "llm_requests_total", route="/llm/stream", status="200") >= 1
+
+
 # --- logs -------------------------------------------------------------------------------------
 
 

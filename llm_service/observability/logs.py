@@ -35,6 +35,13 @@ def new_request_id(incoming: bytes | None) -> str:
     return secrets.token_hex(16)
 
 
+def upstream_headers() -> dict[str, str] | None:
+    """The current request's id for the model server (None outside a request): for model
+    calls that do not come through the chat route's own hook (the chain's model step)."""
+    rid = request_id.get()
+    return None if rid == "-" else {"X-Request-ID": rid}
+
+
 class RequestIdFilter(logging.Filter):
     """Adds ``request_id`` to every record (for both formats)."""
 
