@@ -4,7 +4,7 @@
 ``warmup + duration`` seconds; counts the ``AIMessageChunk``s yielded inside the window and
 this process's own CPU time and RSS. Prints one JSON object on stdout::
 
-    python -m bench.chain_path --url http://127.0.0.1:8008 -c 64
+    python -m bench.chain_path --url http://127.0.0.1:8008 -c 64 [--events]
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
+
+from langchain_core.runnables import Runnable
 
 from bench.loadgen import percentiles, run_and_print
 from bench.procstat import (
@@ -32,7 +35,7 @@ INPUT: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 async def run(
-    url: str, concurrency: int, duration: float, warmup: float, max_tokens: int
+    url: str, concurrency: int, duration: float, warmup: float, max_tokens: int, events: bool
 ) -> dict[str, Any]:
     from llm_service import build_chain
     from llm_service.settings import Settings
@@ -66,7 +69,7 @@ async def run(
             last = 0.0
             finished = False
             try:
-                async for chunk in chain.astream(INPUT):
+                async for chunk in _stream(chain, events):
                     now = clock()
                     in_window = t0 <= now < t1
                     if in_window:
@@ -138,6 +141,17 @@ async def run(
     }
 
 
+def _stream(chain: Runnable[Any, Any], events: bool) -> AsyncIterator[Any]:
+    """The chain's message chunks, from ``astream`` or from ``astream_events`` (v2)."""
+    return _events(chain) if events else chain.astream(INPUT)
+
+
+async def _events(chain: Runnable[Any, Any]) -> AsyncIterator[Any]:
+    async for event in chain.astream_events(INPUT, version="v2"):
+        if event["event"] == "on_chat_model_stream":
+            yield event["data"]["chunk"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--url", required=True, help="model server base URL (no /v1)")
@@ -145,9 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--events", action="store_true", help="consume astream_events(v2) instead of astream"
+    )
     args = parser.parse_args(argv)
     return run_and_print(
-        lambda: run(args.url, args.concurrency, args.duration, args.warmup, args.max_tokens),
+        lambda: run(
+            args.url, args.concurrency, args.duration, args.warmup, args.max_tokens, args.events
+        ),
         args.concurrency,
     )
 

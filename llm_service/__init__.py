@@ -1,8 +1,24 @@
 """LLM microservice for RAG pipelines: prompt building and model-server relay as a Runnable.
 
-Public API::
+Public API (typed: the package ships ``py.typed``)::
 
     from llm_service import Settings, build_chain, build_prompt, create_app
+
+- ``Settings``: the service's configuration (``LLM_*`` variables, an env file, or keyword
+  arguments: ``Settings(model_server_endpoint="http://localhost:8008")``).
+- ``build_chain(settings, **params)``: the chain as a LangChain ``Runnable`` (prompt step |
+  model step). Input ``{"question", "reranked_docs", "history"}`` or ``{"messages"}``;
+  output an ``AIMessage`` (streamed: ``AIMessageChunk``s). It composes like any Runnable::
+
+      rag = {"docs": retriever, "question": RunnablePassthrough()} | to_input | build_chain(s)
+      rag.invoke("What is deep learning?")
+      rag.with_retry(stop_after_attempt=2).with_fallbacks([other_chain])
+
+  and offers ``invoke``, ``ainvoke``, ``batch``, ``abatch``, ``stream``, ``astream`` and
+  ``astream_events``; the sync methods also work inside a running loop (Jupyter).
+- ``build_prompt(input)``: only the prompt step, without a model server.
+- ``create_app(settings)``: the HTTP service (FastAPI): ``/v1/chat/completions`` (OpenAI /
+  OPEA), LangServe-style routes under ``LLM_LANGSERVE_PATH`` and the playground.
 """
 
 from __future__ import annotations

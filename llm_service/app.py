@@ -7,6 +7,7 @@ connection pool, and closes both on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -21,10 +22,12 @@ from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_service import __version__
-from llm_service.api import health, opea
+from llm_service.api import health, langserve, metrics, opea
 from llm_service.chain import build_prompt_step
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.limits import InboundAuth
+from llm_service.observability import build_observability
+from llm_service.observability.asgi import ObservedRoutes
 from llm_service.prompting import PromptLibrary
 from llm_service.schemas import ChatRequest
 from llm_service.service import ChatService
@@ -35,15 +38,26 @@ from llm_service.upstream.embedded import EmbeddedServer
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, hot_path: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, hot_path: bool = True, span_exporter: Any = None
+) -> FastAPI:
     """The service as an ASGI app. ``settings`` default to ``Settings.load()``.
 
     ``hot_path`` runs ``POST /v1/chat/completions`` ahead of the middleware stack (same
     handler, fewer layers per relayed chunk); False runs it as an ordinary FastAPI route.
+    ``span_exporter`` (an OpenTelemetry ``SpanExporter``) turns tracing on without an OTLP
+    endpoint, e.g. the SDK's ``InMemorySpanExporter`` in tests.
     """
     settings = settings or Settings.load()
     # Fail before serving anything if a prompt template is unusable.
     PromptLibrary.load(settings.prompts_dir, settings.prompt_template)
+    state: dict[str, Any] = {}  # what the lifespan started, for metrics read at scrape time
+    observability = build_observability(
+        settings,
+        embedded_state=lambda: _embedded_state(settings, state.get("embedded")),
+        endpoint=lambda: state.get("endpoint", ""),
+        span_exporter=span_exporter,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,20 +70,34 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True) -> Fa
                 n_ctx=settings.embedded_n_ctx,
                 startup_timeout=settings.embedded_startup_timeout,
             )
+            state["embedded"] = embedded
             endpoint = await embedded.start()
+        state["endpoint"] = endpoint
         client = build_client(settings, endpoint)
         await client.start()
-        app.state.service = ChatService(settings, client, build_prompt_step(settings, client))
+        app.state.service = ChatService(
+            settings, client, build_prompt_step(settings, client), observability=observability
+        )
         app.state.embedded = embedded
+        # issue 6: the model server may come up after us; wait for it in the background
+        # (liveness is up at once, /v1/ready says 503 until the model server answers).
+        waiter = (
+            asyncio.create_task(client.wait_until_answers(settings.startup_wait))
+            if settings.startup_wait > 0
+            else None
+        )
         tune_gc()
         try:
             yield
         finally:
+            if waiter is not None:
+                waiter.cancel()
             # Requests cut by the drain timeout write their error event before the pool closes.
             await app.state.service.gate.wait_idle(1.0)
             await client.aclose()
             if embedded is not None:
                 await embedded.stop()
+            observability.shutdown()
 
     app = FastAPI(
         title="LLM microservice",
@@ -81,24 +109,40 @@ def create_app(settings: Settings | None = None, *, hot_path: bool = True) -> Fa
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.observability = observability
     app.include_router(opea.router)
     app.include_router(health.router)
+    # issue 11: LangServe-style routes and the playground under LLM_LANGSERVE_PATH
+    app.include_router(
+        langserve.build_router(settings.langserve_path, playground=settings.playground_enabled)
+    )
+    if observability.metrics is not None:
+        app.include_router(metrics.router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    if hot_path:
-        build_stack = app.build_middleware_stack
-        app.build_middleware_stack = lambda: opea.HotPath(  # type: ignore[method-assign]
-            build_stack(), lambda: app.state.service
-        )
+    build_stack = app.build_middleware_stack
+
+    def observed_stack() -> Any:
+        # Request ids, metrics and access lines for every route; the chat route does its own.
+        stack = ObservedRoutes(build_stack(), observability, skip=opea.PATH)
+        return opea.HotPath(stack, lambda: app.state.service) if hot_path else stack
+
+    app.build_middleware_stack = observed_stack  # type: ignore[method-assign]
     if settings.inbound_keys:  # LLM_API_KEYS: bearer keys in front of everything but health
         build_inner = app.build_middleware_stack
         app.build_middleware_stack = lambda: InboundAuth(  # type: ignore[method-assign]
             build_inner(), settings.inbound_keys
         )
     return app
+
+
+def _embedded_state(settings: Settings, embedded: EmbeddedServer | None) -> str:
+    if not settings.embedded:
+        return "disabled"
+    return "starting" if embedded is None else embedded.state
 
 
 def tune_gc() -> None:

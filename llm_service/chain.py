@@ -11,15 +11,18 @@ The HTTP service and a notebook run the same object::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import BaseMessage
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, BaseLLM, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable
 
-from llm_service.model import UpstreamChatModel
+from llm_service.model import UpstreamChatModel, usage_metadata
 from llm_service.prompting import PromptLibrary, PromptStep
+from llm_service.rag_chain import RagChain
 from llm_service.settings import Settings
 from llm_service.upstream import build_client
 from llm_service.upstream.client import UpstreamClient
@@ -40,6 +43,8 @@ def build_model(
 ) -> BaseChatModel:
     """The model step chosen by ``LLM_MODEL_CLIENT``: the lean client or ``ChatOpenAI``."""
     url = resolve_endpoint(settings, endpoint if client is None else client.base_url)
+    if settings.model_api == "completions":
+        return CompletionsChatModel(llm=_vllm_openai(settings, url.split(",")[0]))
     if settings.model_client == "chatopenai":
         return _chat_openai(settings, url)
     return UpstreamChatModel(
@@ -54,7 +59,9 @@ def _chat_openai(settings: Settings, url: str) -> BaseChatModel:
     import httpx
     from langchain_openai import ChatOpenAI
 
-    verify = not settings.tls_skip_verify
+    verify: bool | str = not settings.tls_skip_verify
+    if verify and settings.tls_ca_bundle is not None:
+        verify = str(settings.tls_ca_bundle)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     return ChatOpenAI(
         model=settings.model_name,
@@ -68,6 +75,128 @@ def _chat_openai(settings: Settings, url: str) -> BaseChatModel:
         max_retries=0,
         http_client=httpx.Client(verify=verify),
         http_async_client=httpx.AsyncClient(verify=verify),
+    )
+
+
+def _vllm_openai(settings: Settings, url: str) -> BaseLLM:
+    """langchain-community's ``VLLMOpenAI`` on ``/v1/completions`` (LLM_MODEL_API=completions)."""
+    import warnings
+
+    import openai
+
+    with warnings.catch_warnings():  # "langchain-community is being sunset": known, noted
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langchain_community.llms import VLLMOpenAI
+
+    verify: bool | str = not settings.tls_skip_verify
+    if verify and settings.tls_ca_bundle is not None:
+        verify = str(settings.tls_ca_bundle)
+    key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
+    common: dict[str, Any] = {
+        "api_key": key,
+        "base_url": f"{url}/v1",
+        "timeout": openai.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+        "max_retries": 0,
+    }
+    llm: BaseLLM = VLLMOpenAI(
+        model_name=settings.model_name,
+        openai_api_key=key,
+        openai_api_base=f"{url}/v1",
+        max_tokens=settings.default_max_tokens,
+        max_retries=0,
+        client=openai.OpenAI(
+            **common, http_client=openai.DefaultHttpxClient(verify=verify)
+        ).completions,
+        async_client=openai.AsyncOpenAI(
+            **common, http_client=openai.DefaultAsyncHttpxClient(verify=verify)
+        ).completions,
+    )
+    return llm
+
+
+def messages_to_prompt(messages: list[BaseMessage]) -> str:
+    """One text prompt for a completions endpoint: the messages' texts, blank-line separated
+    (the prompt step's system part then its user part, as the seed sent them)."""
+    return "\n\n".join(m.text for m in messages if m.text)
+
+
+class CompletionsChatModel(BaseChatModel):
+    """A chat-model face on a text-completion LLM (``VLLMOpenAI``), so that the chain, the
+    route and the encoders work the same with ``LLM_MODEL_API=completions``. Sampling
+    parameters are bound like ``UpstreamChatModel``'s; OpenAI's go as they are, top_k and
+    repetition_penalty in ``extra_body`` (vLLM accepts them there)."""
+
+    llm: BaseLLM
+
+    @property
+    def _llm_type(self) -> str:
+        return "llm-service-completions"
+
+    def _params(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        from llm_service.model import SAMPLING_KEYS
+        from llm_service.settings import ModelServer
+        from llm_service.upstream.params import OPENAI_FIELDS, sampling_payload
+
+        params = {k: v for k, v in kwargs.items() if k in SAMPLING_KEYS}
+        if stop is not None:
+            params["stop"] = stop
+        payload = sampling_payload(ModelServer.VLLM, params)
+        out = {k: payload.pop(k) for k in OPENAI_FIELDS if k in payload}
+        if payload:
+            out["extra_body"] = payload
+        return out
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        params = self._params(stop, kwargs)
+        async for piece in self.llm._astream(messages_to_prompt(messages), **params):
+            finish = (piece.generation_info or {}).get("finish_reason")
+            metadata = {"finish_reason": finish} if finish else {}
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content=piece.text, response_metadata=metadata),
+                generation_info={"finish_reason": finish} if finish else None,
+            )
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = await self.llm._agenerate(
+            [messages_to_prompt(messages)], **self._params(stop, kwargs)
+        )
+        return _chat_result(result)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = self.llm._generate([messages_to_prompt(messages)], **self._params(stop, kwargs))
+        return _chat_result(result)
+
+
+def _chat_result(result: LLMResult) -> ChatResult:
+    generation = result.generations[0][0]
+    finish = (generation.generation_info or {}).get("finish_reason")
+    usage = (result.llm_output or {}).get("token_usage") or {}
+    message = AIMessage(
+        content=generation.text,
+        response_metadata={"finish_reason": finish},
+        usage_metadata=usage_metadata(usage),
+    )
+    return ChatResult(
+        generations=[ChatGeneration(message=message, generation_info={"finish_reason": finish})],
+        llm_output=result.llm_output,
     )
 
 
@@ -89,7 +218,7 @@ def bind_params(
     params = {k: v for k, v in params.items() if v is not None}
     if not params:
         return model
-    if isinstance(model, UpstreamChatModel):
+    if isinstance(model, UpstreamChatModel | CompletionsChatModel):
         return model.bind(**params)
     return model.bind(**chatopenai_kwargs(settings, params))
 
@@ -103,13 +232,31 @@ def build_chain(
     model: BaseChatModel | None = None,
     **params: Any,
 ) -> Runnable[Mapping[str, Any], BaseMessage]:
-    """``prompt | model`` as one Runnable.
+    """``prompt | model`` as one Runnable (a ``RagChain``): what the service runs, importable.
 
     Input: ``{"messages": [...]}`` (ready-made chat messages) or ``{"question": ...,
     "reranked_docs": [...], "history": [...]}`` (the prompt is built from the template
-    named by ``LLM_PROMPT_TEMPLATE``). Output: an ``AIMessage``; streamed, ``AIMessageChunk``s
-    whose last carries ``finish_reason`` and usage. ``params`` (max_tokens, temperature,
-    top_p, top_k, typical_p, repetition_penalty, stop, seed) are bound to the model step.
+    named by ``LLM_PROMPT_TEMPLATE``, or the input's ``prompt_template``). Output: an
+    ``AIMessage``; streamed, ``AIMessageChunk``s whose last carries ``finish_reason`` and
+    usage. ``params`` (max_tokens, temperature, top_p, top_k, typical_p,
+    repetition_penalty, stop, seed) are bound to the model step.
+
+    Args:
+        settings: configuration; ``Settings.load()`` (the environment) when omitted.
+        endpoint: model server base URL (no ``/v1``), overriding
+            ``settings.model_server_endpoint``.
+        client: an ``UpstreamClient`` to share (e.g. the app's connection pool).
+        prompt: a ready ``PromptStep`` (default: the templates of ``LLM_PROMPTS_DIR`` with
+            the model server's token budget).
+        model: a ready chat model (default: ``build_model``, chosen by
+            ``LLM_MODEL_CLIENT``).
+
+    The result is an ordinary Runnable: compose it (``retriever | format | chain``), and
+    use ``invoke``/``ainvoke``, ``batch``/``abatch``, ``stream``/``astream``,
+    ``astream_events``, ``with_retry``, ``with_fallbacks``. Outside the app each event loop
+    gets one kept-alive connection pool, closed with the loop. Failures raise
+    ``llm_service.errors.ServiceError`` subclasses (``UpstreamError`` 502,
+    ``UpstreamUnavailable`` 503, ``UpstreamTimeout`` 504).
     """
     settings = settings or Settings.load()
     if client is None and (prompt is None or model is None):
@@ -119,10 +266,7 @@ def build_chain(
         prompt = build_prompt_step(settings, client, max_tokens=params.get("max_tokens"))
     model = model or build_model(settings, client=client)
     bound = bind_params(settings, model, params)
-    chain: Runnable[Mapping[str, Any], BaseMessage] = (prompt.as_runnable() | bound).with_config(
-        run_name="llm_service"
-    )
-    return chain
+    return RagChain(prompt=prompt.as_runnable(), model=bound)
 
 
 def build_prompt_step(

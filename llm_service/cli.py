@@ -64,9 +64,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from llm_service.observability.logs import configure_logging
+
+    configure_logging(settings)  # LLM_LOG_FORMAT, LLM_LOG_LEVEL; uvicorn's lines too
     raise_open_files_limit()
 
     import uvicorn
@@ -85,7 +85,8 @@ def serve(settings: Settings) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level.lower(),
-        access_log=False,
+        log_config=None,  # keep the handler configure_logging set up
+        access_log=False,  # the service writes its own access lines (with request ids)
         proxy_headers=False,  # one middleware less per request; we log no client addresses
         lifespan="on",
         # SIGTERM: stop accepting, let requests finish, then cut them (an SSE error event).

@@ -21,9 +21,10 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm_service.aio import run_sync
+from llm_service.observability.logs import upstream_headers
 from llm_service.settings import ModelServer
 from llm_service.upstream.client import Chunk, UpstreamClient
 from llm_service.upstream.params import sampling_payload
@@ -89,10 +90,11 @@ def chunk_to_generation(chunk: Chunk) -> ChatGenerationChunk:
 class _ChunkFactory:
     """Generation chunks for one stream, made cheaply.
 
-    A plain content chunk (no finish reason, no usage: nearly all of them) is a shallow copy
-    of a validated template with its content replaced, about half the cost of validating a
-    new ``AIMessageChunk`` and ``ChatGenerationChunk`` each time. Anything else is built
-    and validated in full by ``chunk_to_generation``.
+    A plain content chunk (no finish reason, no usage: nearly all of them) is a copy of a
+    validated template with its content replaced, made the way pydantic's ``model_copy``
+    makes one (new ``__dict__``, fields-set, extra and private slots) without its generic
+    machinery: 2 µs instead of 8 µs for the pair. Anything else is built and validated in full
+    by ``chunk_to_generation``.
     """
 
     def __init__(self) -> None:
@@ -108,8 +110,25 @@ class _ChunkFactory:
             self._generation = chunk_to_generation(chunk)
             self._message = cast(AIMessageChunk, self._generation.message)
             return self._generation
-        message = self._message.model_copy(update={"content": text})
-        return self._generation.model_copy(update={"message": message, "text": text})
+        message = _copy(self._message, {"content": text})
+        return _copy(self._generation, {"message": message, "text": text})
+
+
+_new = object.__new__
+_set = object.__setattr__
+M = TypeVar("M", bound=BaseModel)
+
+
+def _copy(template: M, update: dict[str, Any]) -> M:
+    """A shallow copy of pydantic model ``template`` with ``update`` applied, unvalidated."""
+    copy = _new(type(template))
+    _set(copy, "__dict__", {**template.__dict__, **update})
+    _set(copy, "__pydantic_fields_set__", set(template.__pydantic_fields_set__))
+    extra = template.__pydantic_extra__
+    _set(copy, "__pydantic_extra__", dict(extra) if extra is not None else None)
+    private = template.__pydantic_private__
+    _set(copy, "__pydantic_private__", dict(private) if private is not None else None)
+    return copy
 
 
 class UpstreamChatModel(BaseChatModel):
@@ -166,7 +185,7 @@ class UpstreamChatModel(BaseChatModel):
         payload["stream_options"] = {"include_usage": True}
         # BaseChatModel.astream reports each chunk to the callbacks (on_llm_new_token).
         make = _ChunkFactory()
-        async for batch in self.client.stream_chat(payload):
+        async for batch in self.client.stream_chat(payload, upstream_headers()):
             for chunk in batch:
                 yield make(chunk)
 
@@ -177,7 +196,7 @@ class UpstreamChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = await self.client.chat(self.payload(messages, stop, kwargs))
+        result = await self.client.chat(self.payload(messages, stop, kwargs), upstream_headers())
         choice = result["choices"][0]
         finish = choice.get("finish_reason")
         message = AIMessage(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -24,12 +24,13 @@ from llm_service.chain import bind_params, build_model
 from llm_service.documents import citation_of, cited_ids, trailer_document
 from llm_service.errors import InvalidRequest
 from llm_service.limits import Gate, check_input
+from llm_service.observability import Observability
 from llm_service.prompting import BuiltPrompt, PromptError, PromptStep
 from llm_service.schemas import ChatRequest
 from llm_service.settings import Settings
 from llm_service.streaming import Answer, OpenAIChunkEncoder, relay_chain, relay_upstream
 from llm_service.upstream.client import UpstreamClient
-from llm_service.upstream.params import sampling_payload
+from llm_service.upstream.params import finish_reason, sampling_payload
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Prepared:
     built: BuiltPrompt
     params: dict[str, Any]
     prompt: str  # the question (or last user message), as the seed's GeneratedDoc.prompt
+    answer: Answer = field(default_factory=Answer)  # filled while answering (logs, metrics)
 
     def trailer(self, answer_text: str) -> dict[str, Any] | None:
         """The ``json:`` trailer / GeneratedDoc ``data``.
@@ -71,14 +73,19 @@ class ChatService:
         prompt: PromptStep,
         *,
         model: BaseChatModel | None = None,
+        observability: Observability | None = None,
     ) -> None:
         self.settings = settings
+        self.observability = observability or Observability()
         self.client = client
         self.prompt = prompt
         self.model = model or build_model(settings, client=client)
         self.model_name = settings.model_name
         self.through_chain = (
-            settings.route_via_chain or settings.model_client != "fast" or tracing_is_enabled()
+            settings.route_via_chain
+            or settings.model_client != "fast"
+            or settings.model_api == "completions"  # issue 6: VLLMOpenAI model step
+            or tracing_is_enabled()
         )
         self.gate = Gate(settings.max_concurrent)  # concurrent requests, for backpressure
 
@@ -153,22 +160,32 @@ class ChatService:
 
     # --- answering -----------------------------------------------------------------------
 
-    def stream(self, prepared: Prepared) -> AsyncGenerator[bytes, None]:
+    def stream(
+        self,
+        prepared: Prepared,
+        on_batch: Callable[[], object] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncGenerator[bytes, None]:
         """SSE bytes of the answer. Errors before the first frame raise; after it they
-        become an error event and a clean end."""
+        become an error event and a clean end. ``on_batch`` runs once per relayed batch;
+        ``headers`` go to the model server (request id, trace context)."""
         options = prepared.request.stream_options
         encoder = OpenAIChunkEncoder(
             self.model_name, include_usage=bool(options and options.include_usage)
         )
-        answer = Answer()
+        answer = prepared.answer
         if self.through_chain:
             chunks: AsyncIterator[Any] = self.bound_model(prepared).astream(prepared.built.messages)
-            return relay_chain(chunks, encoder, answer, prepared.trailer)
+            return relay_chain(chunks, encoder, answer, prepared.trailer, on_batch)
         payload = self.payload(prepared)
         payload["stream_options"] = {"include_usage": True}
-        return relay_upstream(self.client.stream_chat(payload), encoder, answer, prepared.trailer)
+        return relay_upstream(
+            self.client.stream_chat(payload, headers), encoder, answer, prepared.trailer, on_batch
+        )
 
-    async def complete(self, prepared: Prepared) -> dict[str, Any]:
+    async def complete(
+        self, prepared: Prepared, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """The whole answer as a GeneratedDoc (+ OpenAI chat.completion fields)."""
         usage: Mapping[str, Any] | None
         if self.through_chain:
@@ -186,12 +203,16 @@ class ChatService:
                 else None
             )
         else:
-            result = await self.client.chat(self.payload(prepared))
+            result = await self.client.chat(self.payload(prepared), headers)
             choice = result["choices"][0]
             text = (choice.get("message") or {}).get("content") or ""
             finish = choice.get("finish_reason")
             usage = result.get("usage")
         request = prepared.request
+        answer = prepared.answer
+        answer.text_parts.append(text)
+        answer.finish_reason = finish
+        answer.usage = dict(usage) if usage else None
         return {
             "id": uuid.uuid4().hex,
             "text": text,
@@ -206,7 +227,7 @@ class ChatService:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish or "stop",
+                    "finish_reason": finish_reason(finish),
                 }
             ],
             "usage": usage,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LLM_"
@@ -149,6 +149,68 @@ class Settings(BaseSettings):
         "INFO", description="Log level."
     )
 
+    # --- issue 6: connectivity (servers, TLS, timeouts, replicas, start-up) ----------------
+    model_api: Literal["chat", "completions"] = Field(
+        "chat",
+        description="Model-server API: 'chat' (/v1/chat/completions) or 'completions' "
+        "(/v1/completions through langchain-community's VLLMOpenAI; vLLM only).",
+    )
+    tls_ca_bundle: FilePath | None = Field(
+        None,
+        description="PEM file of CA certificates to trust for the model server and the token "
+        "endpoint (private CAs); the system CAs are used when empty.",
+    )
+    first_token_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds from sending a streamed request to the model server's first "
+        "chunk (504 when exceeded).",
+    )
+    idle_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds the model server may stay silent between chunks once a stream "
+        "has started (SSE error event when exceeded).",
+    )
+    replica_cooldown: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a failing replica of LLM_MODEL_SERVER_ENDPOINT is left out "
+        "before it is tried again.",
+    )
+    startup_wait: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds the start-up check waits (with backoff) for the model server to "
+        "answer /v1/models; the service serves meanwhile, /v1/ready says 503. 0: no check.",
+    )
+
+    # --- issue 11: LangServe routes and playground ----------------------------------------
+    langserve_path: str = Field(
+        "/llm",
+        pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        description="Path prefix of the LangServe-style routes (/invoke, /batch, /stream, "
+        "/stream_events, schemas, /playground), e.g. /llm.",
+    )
+    playground_enabled: bool = Field(
+        True, description="Serve the playground page at <LLM_LANGSERVE_PATH>/playground."
+    )
+
+    # --- operations (issue 8): logs, metrics, tracing ---------------------------------------
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="Log line format: json (one JSON object per line, with request_id) or "
+        "text (human-readable).",
+    )
+    metrics_enabled: bool = Field(
+        True, description="Serve Prometheus metrics on GET /metrics and keep them up to date."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector base URL for traces (OTLP over HTTP, e.g. "
+        "http://otel-collector:4318; spans go to <url>/v1/traces). Empty: tracing off.",
+    )
+
     # --- reliability and security (issue 7) -------------------------------------------------
     max_concurrent: int = Field(
         0,
@@ -185,10 +247,31 @@ class Settings(BaseSettings):
     def _lower_server(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("model_server_endpoint", "vllm_token_url")
+    @field_validator("vllm_token_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value.strip())
+
+    @field_validator("model_server_endpoint")
+    @classmethod
+    def _valid_endpoints(cls, value: str | None) -> str | None:
+        """One URL, or several separated by commas (replicas of the same model)."""
+        if value is None:
+            return None
+        urls = [_check_http_url(part.strip()) for part in value.split(",") if part.strip()]
+        if not urls:
+            raise ValueError("no URL given")
+        return ",".join(urls)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _valid_otlp_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value.strip())
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

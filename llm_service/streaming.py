@@ -6,7 +6,12 @@ then the ``json: {...}`` trailer when there is one. Constant parts are encoded o
 request; per chunk only the content string is encoded.
 
 ``relay_upstream`` and ``relay_chain`` feed it from the two sources (upstream chunk dicts,
-or the chain's ``AIMessageChunk``s) and produce identical bytes for the same answer.
+or the chain's ``AIMessageChunk``s) and produce identical bytes for the same answer;
+``chunks_of_events`` lets ``relay_chain`` take the chain's runnable events (v2) instead.
+
+``LangServeEncoder`` writes LangServe's SSE (``metadata``, ``data``, ``error``, ``end``) for
+the routes under ``LLM_LANGSERVE_PATH``, and ``relay_langserve`` feeds it from the chain's
+``astream`` / ``astream_events``. It shares nothing per chunk with the OpenAI encoder.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from langchain_core.messages import BaseMessageChunk
 
 from llm_service.errors import ServiceError, as_service_error
 from llm_service.upstream.client import Chunk
+from llm_service.upstream.params import finish_reason
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class Answer:
     text_parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    error: ServiceError | None = None  # a failure after the first token (sent as an event)
 
     @property
     def text(self) -> str:
@@ -71,7 +78,7 @@ class OpenAIChunkEncoder:
         frame = (
             self._content_head
             + b'""},"finish_reason":'
-            + orjson.dumps(reason or "stop")
+            + orjson.dumps(finish_reason(reason))
             + b"}]}\n\n"
         )
         if self.include_usage and usage is not None:
@@ -92,11 +99,13 @@ async def relay_upstream(
     encoder: OpenAIChunkEncoder,
     answer: Answer,
     trailer: Trailer,
+    on_batch: Callable[[], object] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Upstream chunk batches to SSE bytes, one write per batch: the hot path.
 
     An error before the first frame is raised (the route answers it with a status code);
-    after it, it becomes an SSE error event and a clean end.
+    after it, it becomes an SSE error event and a clean end. ``on_batch`` is called once per
+    relayed batch (metrics: time to first token, inter-token gaps).
     """
     content = encoder.content
     parts = answer.text_parts
@@ -118,12 +127,14 @@ async def relay_upstream(
                     answer.usage = chunk["usage"]
             if out:
                 started = True
+                if on_batch is not None:
+                    on_batch()
                 yield b"".join(out)
         yield _end(encoder, answer, trailer)
     except Exception as exc:
         if not started:
             raise as_service_error(exc) from None
-        yield _error_end(encoder, exc)
+        yield _error_end(encoder, exc, answer)
     finally:
         await _aclose(batches)
 
@@ -133,6 +144,7 @@ async def relay_chain(
     encoder: OpenAIChunkEncoder,
     answer: Answer,
     trailer: Trailer,
+    on_batch: Callable[[], object] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The chain's message chunks to the same SSE bytes as ``relay_upstream``."""
     started = False
@@ -151,12 +163,14 @@ async def relay_chain(
             if text:
                 started = True
                 answer.text_parts.append(text)
+                if on_batch is not None:
+                    on_batch()
                 yield encoder.content(text)
         yield _end(encoder, answer, trailer)
     except Exception as exc:
         if not started:
             raise as_service_error(exc) from None
-        yield _error_end(encoder, exc)
+        yield _error_end(encoder, exc, answer)
     finally:
         await _aclose(chunks)
 
@@ -169,8 +183,8 @@ def _end(encoder: OpenAIChunkEncoder, answer: Answer, trailer: Trailer) -> bytes
     )
 
 
-def _error_end(encoder: OpenAIChunkEncoder, exc: Exception) -> bytes:
-    err = as_service_error(exc)
+def _error_end(encoder: OpenAIChunkEncoder, exc: Exception, answer: Answer) -> bytes:
+    answer.error = err = as_service_error(exc)
     log.warning("stream failed after the first token: %s", err.message)
     return encoder.error(err) + DONE
 
@@ -179,3 +193,77 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def chunks_of_events(events: AsyncIterator[Any]) -> AsyncGenerator[BaseMessageChunk, None]:
+    """The chat model's message chunks out of the chain's runnable events (v2).
+
+    With it the OpenAI route can stream ``astream_events`` (what callbacks and tracers see)
+    through ``relay_chain``: same encoder, same bytes.
+    """
+    try:
+        async for event in events:
+            if event["event"] == "on_chat_model_stream":
+                yield event["data"]["chunk"]
+    finally:
+        await _aclose(events)
+
+
+# --- LangServe ---------------------------------------------------------------------------
+
+
+def _lc_default(obj: Any) -> Any:
+    """LangChain objects (messages, prompt values, documents) as LangServe sends them: their
+    pydantic dump, which ``RemoteRunnable``'s serializer turns back into objects."""
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return dump()
+    if isinstance(obj, BaseException):
+        return {"error": type(obj).__name__}
+    return str(obj)
+
+
+def lc_dumps(obj: Any) -> bytes:
+    """JSON bytes of ``obj`` in LangServe's well-known-object form."""
+    return orjson.dumps(obj, default=_lc_default)
+
+
+class LangServeEncoder:
+    """Bytes of LangServe's SSE: ``event: metadata`` (run_id), ``event: data`` per chunk or
+    runnable event, ``event: error`` ({status_code, message}) and ``event: end``."""
+
+    END = b"event: end\n\n"
+
+    @staticmethod
+    def metadata(run_id: str) -> bytes:
+        return b"event: metadata\ndata: " + orjson.dumps({"run_id": run_id}) + b"\n\n"
+
+    @staticmethod
+    def data(obj: Any) -> bytes:
+        return b"event: data\ndata: " + lc_dumps(obj) + b"\n\n"
+
+    @staticmethod
+    def error(exc: ServiceError) -> bytes:
+        body = {"status_code": exc.status, "message": exc.message}
+        return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
+async def relay_langserve(
+    items: AsyncIterator[Any], *, run_id: str | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The chain's output chunks (``astream``) or events (``astream_events``) as LangServe
+    SSE: ``metadata`` first when ``run_id`` is given, one ``data`` event each, then ``end``.
+    Any failure becomes an ``error`` event with its status code, and the stream ends."""
+    encoder = LangServeEncoder
+    try:
+        if run_id is not None:
+            yield encoder.metadata(run_id)
+        async for item in items:
+            yield encoder.data(item)
+        yield encoder.END
+    except Exception as exc:
+        err = as_service_error(exc)
+        log.warning("LangServe stream failed: %s", err.message)
+        yield encoder.error(err)
+    finally:
+        await _aclose(items)

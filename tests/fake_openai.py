@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,11 @@ class Script:
     malformed_after: int | None = None  # send a broken JSON chunk after this many chunks
     error_chunk_after: int | None = None  # vLLM-style {"error": ...} chunk mid-stream
     tokens_per_write: int = 1  # >1: several chunks in one write (as servers coalesce)
+    # --- issue 6: connectivity quirks ---
+    stall_after: int | None = None  # pause after this many content chunks ...
+    stall_for: float = 0.0  # ... for this many seconds (an idle gap mid-stream)
+    usage_in_finish_chunk: bool = False  # TGI: usage rides on the finish chunk
+    error_chunk: Any = None  # the body of the error_chunk_after chunk (default: vLLM's)
     # --- fault injection (issue 7) ---
     hang_after: int | None = None  # after this many content chunks: silence until the client closes
     empty_200: bool = False  # answer 200 with an empty body
@@ -61,6 +67,8 @@ class FakeOpenAI:
         self.open_streams = 0
         self.max_model_len: int | None = 4096  # reported in /v1/models, as vLLM does
         self.tokenize_calls = 0
+        # issue 6: a bearer-token check (401 when it fails), e.g. a token server's validator
+        self.accept_token: Callable[[str], bool] | None = None
         # When each stream ended (finished or cut), by its last message's content (issue 7).
         self.ended_at: dict[str, float] = {}
 
@@ -75,6 +83,7 @@ class FakeOpenAI:
         self.streams_started = self.streams_finished = self.streams_cut = 0
         self.max_model_len = 4096
         self.tokenize_calls = 0
+        self.accept_token = None
         self.ended_at.clear()
 
     def app(self) -> web.Application:
@@ -83,6 +92,7 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/v1/completions", self.completions)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -108,6 +118,13 @@ class FakeOpenAI:
         self.headers.append(dict(request.headers))
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.peers.append(tuple(peer) if peer else None)
+        if self.accept_token is not None:
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not self.accept_token(token):
+                return web.json_response(
+                    {"object": "error", "message": "invalid or expired token",
+                     "type": "AuthenticationError", "code": 401}, status=401,
+                )  # fmt: skip
         script = self.scripts.popleft() if self.scripts else self.default
         if script.status != 200:
             raw = script.error_body
@@ -186,18 +203,29 @@ class FakeOpenAI:
                 if script.malformed_after is not None and i == script.malformed_after:
                     await resp.write(b'data: {"choices": [\n\n')
                 if script.error_chunk_after is not None and i == script.error_chunk_after:
-                    err = {"error": {"object": "error", "message": "fake mid-stream failure",
-                                     "type": "InternalServerError", "code": 500}}  # fmt: skip
+                    err = script.error_chunk or {
+                        "error": {"object": "error", "message": "fake mid-stream failure",
+                                  "type": "InternalServerError", "code": 500}}  # fmt: skip
                     await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
                     await resp.write(b"data: [DONE]\n\n")
                     return resp
                 if script.token_delay:
                     await asyncio.sleep(script.token_delay)
+                if script.stall_after is not None and i == script.stall_after:
+                    if pending:
+                        await resp.write(b"".join(pending))
+                        pending.clear()
+                    await asyncio.sleep(script.stall_for)
                 pending.append(frame({"content": token}))
                 if len(pending) >= script.tokens_per_write:
                     await resp.write(b"".join(pending))
                     pending.clear()
-            pending.append(frame({}, finish))
+            if script.usage_in_finish_chunk:
+                last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                        "usage": usage}  # fmt: skip
+                pending.append(b"data: " + orjson.dumps(last) + b"\n\n")
+            else:
+                pending.append(frame({}, finish))
             if (body.get("stream_options") or {}).get("include_usage"):
                 pending.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage})
                                + b"\n\n")  # fmt: skip
@@ -213,6 +241,43 @@ class FakeOpenAI:
         finally:
             self.open_streams -= 1
             self.ended_at[str(body["messages"][-1].get("content"))] = time.monotonic()
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's /v1/completions (text in, ``choices[0].text`` out), whole or streamed."""
+        body = await request.json(loads=orjson.loads)
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        script = self.scripts.popleft() if self.scripts else self.default
+        if script.status != 200:
+            raw = script.error_body or {
+                "object": "error",
+                "message": f"fake error {script.status}",
+                "type": "BadRequestError",
+                "code": script.status,
+            }
+            return web.json_response(raw, status=script.status)  # fmt: skip
+        prompt = body.get("prompt")
+        text = prompt[0] if isinstance(prompt, list) else str(prompt)
+        usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(script.tokens)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        head = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": self.model}  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response(
+                {**head, "usage": usage,
+                 "choices": [{"index": 0, "text": "".join(script.tokens), "logprobs": None,
+                              "finish_reason": script.finish_reason}]},
+            )  # fmt: skip
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, token in enumerate(script.tokens):
+            last = i == len(script.tokens) - 1
+            choice = {"index": 0, "text": token, "logprobs": None,
+                      "finish_reason": script.finish_reason if last else None}  # fmt: skip
+            await resp.write(b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
 
 def main() -> None:

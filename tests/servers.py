@@ -7,6 +7,7 @@ server's loop.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Coroutine
@@ -42,19 +43,33 @@ class LoopThread:
 class FakeServer:
     """``FakeOpenAI`` served by aiohttp on a free port."""
 
-    def __init__(self, fake: FakeOpenAI | None = None) -> None:
+    def __init__(
+        self,
+        fake: FakeOpenAI | None = None,
+        *,
+        port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        app: web.Application | None = None,
+    ) -> None:
         self.fake = fake or FakeOpenAI()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = port or free_port()
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self._ssl = ssl_context
+        self._closed = False
         self._loop = LoopThread("fake-openai")
-        self._runner = web.AppRunner(self.fake.app(), access_log=None)
+        self._runner = web.AppRunner(app or self.fake.app(), access_log=None)
         self._loop.run(self._start())
 
     async def _start(self) -> None:
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._ssl)
+        await site.start()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._loop.run(self._runner.cleanup())
         self._loop.close()
 
@@ -63,11 +78,16 @@ class ServiceServer:
     """The service itself under uvicorn (uvloop + httptools, as in production)."""
 
     def __init__(
-        self, settings: Settings, startup_timeout: float = 240, *, hot_path: bool = True
+        self,
+        settings: Settings,
+        startup_timeout: float = 240,
+        *,
+        hot_path: bool = True,
+        span_exporter: Any = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, hot_path=hot_path)
+        self.app = create_app(settings, hot_path=hot_path, span_exporter=span_exporter)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, loop="uvloop", http="httptools",
             log_level="warning", lifespan="on",

@@ -390,6 +390,49 @@ def test_route_via_chain_gives_the_same_sse(
         via_chain.close()
 
 
+def test_runnable_events_give_the_same_sse(
+    fake_server: FakeServer, fake: FakeOpenAI, service: ServiceServer
+) -> None:
+    """The third way: the chain's runnable events (what callbacks and tracers see), through
+    ``chunks_of_events`` and the same encoder, give the route's SSE too."""
+    import asyncio
+
+    from llm_service import Settings, build_chain
+    from llm_service.streaming import Answer, OpenAIChunkEncoder, chunks_of_events, relay_chain
+
+    messages = [{"role": "user", "content": "hi"}]
+    script = Script(tokens=["A", " [1]", " b", "c", "d"], tokens_per_write=2)
+
+    def normalized(text: str) -> list[Any]:
+        out: list[Any] = []
+        for frame in parse_frames(text):
+            data = frame.raw if frame.raw == "[DONE]" else frame.json()
+            if isinstance(data, dict):
+                assert data.pop("id").startswith("chatcmpl-") and data.pop("created") > 0
+            out.append((frame.event, frame.field, data))
+        return out
+
+    fake.push(script)
+    route = normalized(post(service, {"messages": messages, "max_tokens": 4}).text)
+    chain = build_chain(
+        Settings(_env_file=None, model_server_endpoint=fake_server.url, model_name="fake-model"),
+        max_tokens=4,
+    )
+
+    async def via_events() -> bytes:
+        events = chain.astream_events({"messages": messages}, version="v2")
+        frames = relay_chain(
+            chunks_of_events(events), OpenAIChunkEncoder("fake-model"), Answer(), lambda _: None
+        )
+        return b"".join([frame async for frame in frames])
+
+    fake.push(script)
+    assert normalized(asyncio.run(via_events()).decode()) == route
+    assert len(route) == 4 + 1 + 1  # max_tokens tokens, the finish reason, [DONE]
+    assert route[-2][2]["choices"][0]["finish_reason"] == "length"
+    assert fake.requests[0]["messages"] == fake.requests[1]["messages"] == messages
+
+
 def test_fastapi_route_and_hot_path_answer_alike(
     fake_server: FakeServer, fake: FakeOpenAI, service: ServiceServer
 ) -> None:

@@ -129,6 +129,11 @@ def test_service_starts_and_stops_embedded_server() -> None:
         assert httpx.get(f"{server.url}/v1/health_check").json() == {"status": "ok"}
         doc = post(server, seed_request(False, max_new_tokens=4)).json()
         assert doc["text"].strip()
+        # Metrics report the child and the tokens the real server counted.
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'llm_embedded_server_state{state="running"} 1.0' in metrics
+        assert f"llm_prompt_tokens_total {float(doc['usage']['prompt_tokens'])}" in metrics
+        assert f"llm_completion_tokens_total {float(doc['usage']['completion_tokens'])}" in metrics
         url = embedded.url
     finally:
         server.close()
@@ -171,5 +176,7 @@ def test_overflowing_docs_are_dropped_not_refused() -> None:
         # Streaming answers carry the same report in the trailer.
         frames = parse_frames(post(server, {**body, "stream": True}).text)
         assert frames[-1].json()["context"]["docs_dropped"] == context["docs_dropped"]
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert f"llm_documents_dropped_total {2.0 * context['docs_dropped']}" in metrics
     finally:
         server.close()

@@ -63,7 +63,7 @@ def test_unreachable_model_server_is_503(unreachable: ServiceServer, stream: boo
 
 # (script, status, type, message part, Retry-After)
 BEFORE_FIRST_TOKEN = {
-    "slow-first-token": (Script(first_token_delay=1.5), 504, "upstream_timeout", "timed out", None),
+    "slow-first-token": (Script(first_token_delay=1.5), 504, "upstream_timeout", "TIMEOUT", None),
     "429-retry-after": (Script(status=429, headers={"Retry-After": "7"}), 503,
                         "upstream_unavailable", "answered 429", "7"),
     "500": (Script(status=500), 502, "upstream_error", "answered 500: fake error 500", None),

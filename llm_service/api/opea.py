@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.limits import ClientWatch, shutting_down
+from llm_service.observability import RequestRecord
 from llm_service.schemas import ChatRequest, ErrorResponse, GeneratedDoc
 from llm_service.service import ChatService
 from llm_service.streaming import DONE, OpenAIChunkEncoder
@@ -96,8 +97,10 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest("; ".join(problems), param=first)
 
 
-async def send_error(send: Send, exc: ServiceError) -> None:
-    headers = list(_JSON_HEADERS)
+async def send_error(
+    send: Send, exc: ServiceError, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = _JSON_HEADERS + extra if extra else list(_JSON_HEADERS)
     if exc.retry_after:
         headers.append((b"retry-after", exc.retry_after.encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
@@ -106,100 +109,131 @@ async def send_error(send: Send, exc: ServiceError) -> None:
 
 async def handle_chat(service: ChatService, scope: Scope, receive: Receive, send: Send) -> None:
     """The whole route as an ASGI function (see the module docstring)."""
+    obs = service.observability
+    record = obs.begin(scope, PATH)  # request id, log context, request span
     try:
-        service.gate.enter()  # 429 past LLM_MAX_CONCURRENT, before any other work
-    except ServiceError as exc:
-        await send_error(send, exc)
-        return
-    try:
-        await _answer(service, scope, receive, send)
+        try:
+            service.gate.enter()  # 429 past LLM_MAX_CONCURRENT, before any other work
+        except ServiceError as exc:
+            record.fail(exc)
+            await send_error(send, exc, record.headers)
+            return
+        try:
+            await answer_chat(service, record, scope, receive, send)
+        finally:
+            service.gate.leave()
     finally:
-        service.gate.leave()
+        obs.end(record)  # metrics, spans, the access line
 
 
-async def _answer(service: ChatService, scope: Scope, receive: Receive, send: Send) -> None:
+async def answer_chat(
+    service: ChatService, record: RequestRecord, scope: Scope, receive: Receive, send: Send
+) -> None:
     try:
         body = await read_body(scope, receive, service.settings.max_body_bytes)
     except ServiceError as exc:
+        record.fail(exc)
         if exc.status != 499:
-            await send_error(send, exc)
+            await send_error(send, exc, record.headers)
         return
     client = ClientWatch(receive)  # a client that goes away cancels the upstream request
     try:
-        await _respond(service, client, body, send)
+        await _respond(service, record, client, body, send)
     finally:
         client.finish()
 
 
-async def _respond(service: ChatService, client: ClientWatch, body: bytes, send: Send) -> None:
+async def _respond(
+    service: ChatService, record: RequestRecord, client: ClientWatch, body: bytes, send: Send
+) -> None:
+    obs = service.observability
     streaming = False
     try:
-        prepared = await service.prepare(parse_request(body))
+        with obs.prompt_span(record):
+            prepared = record.prepared = await service.prepare(parse_request(body))
         settings = service.settings
         if (
             prepared.request.wants_stream()
             and not settings.disable_streaming
             and not settings.output_guard_exists
         ):
-            frames = service.stream(prepared)
+            upstream_headers = obs.start_generation(record, stream=True)
+            frames = service.stream(prepared, record.on_batch, upstream_headers)
             try:
                 first = await anext(frames)  # upstream errors before it get a status code
             except BaseException:
                 await frames.aclose()
                 raise
             streaming = True
-            await stream_frames(send, first, frames, client)
+            if not await stream_frames(send, first, frames, client, record.headers):
+                record.status = 499  # the client went away before the end
             return
-        doc = orjson.dumps(await service.complete(prepared))  # inside: encoding errors too
+        generation = obs.start_generation(record, stream=False)
+        # Encoded inside the error handling: an encoding failure is a 500, not a torn answer.
+        doc = orjson.dumps(await service.complete(prepared, generation))
     except ServiceError as exc:
+        record.fail(exc)
         if exc.status >= 500:
             log.warning("POST %s -> %d: %s", PATH, exc.status, exc.message)
         if exc.status != 499:
-            await send_error(send, exc)
+            await send_error(send, exc, record.headers)
         return
     except asyncio.CancelledError:
         # The client went away (nothing to send), or shutdown's drain timeout ended: a
         # stream ends itself (stream_frames), others get a 503.
         if not streaming:
-            if not client.gone:
-                await send_error(send, shutting_down())
+            if client.gone:
+                record.status = 499
+            else:
+                err = shutting_down()
+                record.fail(err)
+                await send_error(send, err, record.headers)
                 client.finish()
             _uncancel()
         return
     except Exception:
+        record.status = 500
         log.exception("unexpected error on POST %s", PATH)
-        await send_error(send, ServiceError("internal error", status=500))
+        await send_error(send, ServiceError("internal error", status=500), record.headers)
         return
-    await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+    headers = _JSON_HEADERS + record.headers
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": doc})
     client.finish()
 
 
 async def stream_frames(
-    send: Send, first: bytes, frames: AsyncGenerator[bytes, None], client: ClientWatch
-) -> None:
+    send: Send,
+    first: bytes,
+    frames: AsyncGenerator[bytes, None],
+    client: ClientWatch,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> bool:
     """SSE frames, one ASGI send each. A client that goes away cancels this task
     (``ClientWatch``); the iterator is always closed, which closes the upstream response, so
-    the model server stops generating at once."""
+    the model server stops generating at once. False when the client went away."""
+    headers = _SSE_HEADERS + extra if extra else _SSE_HEADERS
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         message: Message = {"type": "http.response.body", "body": first, "more_body": True}
         await send(message)
         async for frame in frames:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        client.finish()
+        client.finish()  # receive() says "disconnect" once the response is complete
     except OSError:
-        pass  # the client went away (uvicorn raises ClientDisconnected on send)
+        return False  # the client went away (some servers raise on send)
     except asyncio.CancelledError:
-        if not client.gone:  # shutdown's drain timeout ended: an error event, a clean end
-            end = OpenAIChunkEncoder.error(shutting_down()) + DONE
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": end, "more_body": False})
-            client.finish()
-        _uncancel()
+        _uncancel()  # our own cancellation: the client left, or the drain timeout ended
+        if client.gone:
+            return False
+        end = OpenAIChunkEncoder.error(shutting_down()) + DONE  # an error event, a clean end
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": end, "more_body": False})
+        client.finish()
     finally:
         await frames.aclose()
+    return True
 
 
 def _uncancel() -> None:

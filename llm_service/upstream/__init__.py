@@ -21,14 +21,19 @@ def build_auth(settings: Settings) -> Auth:
 
 
 def build_client(settings: Settings, base_url: str) -> UpstreamClient:
-    """The upstream client for ``base_url`` configured from ``settings``."""
+    """The upstream client for ``base_url`` (one URL or several, comma-separated)
+    configured from ``settings``."""
     return UpstreamClient(
         base_url,
         auth=build_auth(settings),
         connect_timeout=settings.connect_timeout,
         total_timeout=settings.request_timeout,
+        first_token_timeout=settings.first_token_timeout,
+        idle_timeout=settings.idle_timeout,
         connections=settings.upstream_connections,
         tls_skip_verify=settings.tls_skip_verify,
+        tls_ca_bundle=settings.tls_ca_bundle,
+        replica_cooldown=settings.replica_cooldown,
     )
 
 

@@ -1,20 +1,31 @@
 """Credentials for the model server: a static API key or OAuth2 client credentials.
 
-The static key (``LLM_VLLM_API_KEY``) overrides OAuth, as in the service we replace. OAuth
-tokens are fetched on first use and fetched again shortly before they expire.
+The static key (``LLM_VLLM_API_KEY``) overrides OAuth, as in the service we replace. The
+OAuth token is fetched when the app starts and refreshed in the background before it
+expires (``expires_in``); a 401 from the model server refreshes it once more and the request
+is sent once more. A token endpoint that is down makes requests fail with 503 and a clear
+message while the refresher keeps trying with backoff: never a crash loop. Neither the
+secret nor a token is ever logged, put in an error body or shown by ``repr``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import Mapping
 
 import aiohttp
 import orjson
 
 from llm_service.errors import UpstreamUnavailable
 
+log = logging.getLogger(__name__)
+
 REFRESH_MARGIN_S = 30.0
+FAILURE_HOLD_S = 1.0  # a failed fetch is not repeated for this long (requests get its 503)
+RETRY_MAX_S = 30.0
 
 
 class Auth:
@@ -23,8 +34,20 @@ class Auth:
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return {}
 
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        """Begin background work (the app's lifespan calls it with the shared session)."""
+        return None
+
+    async def refresh(self, session: aiohttp.ClientSession, used: Mapping[str, str]) -> bool:
+        """The model server answered 401 to ``used`` headers: renew them if possible.
+        True means a retry may succeed."""
+        return False
+
     async def aclose(self) -> None:
         return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 class StaticKeyAuth(Auth):
@@ -39,7 +62,8 @@ class StaticKeyAuth(Auth):
 
 
 class OAuthClientCredentials(Auth):
-    """OAuth2 client-credentials grant, cached until ``REFRESH_MARGIN_S`` before expiry."""
+    """OAuth2 client-credentials grant, refreshed ``REFRESH_MARGIN_S`` before expiry (or at
+    half its lifetime for short-lived tokens)."""
 
     def __init__(self, token_url: str, client_id: str, client_secret: str) -> None:
         self.token_url = token_url
@@ -48,34 +72,103 @@ class OAuthClientCredentials(Auth):
             "client_id": client_id,
             "client_secret": client_secret,
         }
-        self._token: str | None = None
+        self._headers: dict[str, str] | None = None
         self._expires_at = 0.0
+        self._failed: tuple[float, str] | None = None
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.fetches = 0  # tokens fetched so far (for logs and tests)
 
     def __repr__(self) -> str:
         return f"OAuthClientCredentials(token_url={self.token_url!r}, client_secret='**********')"
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
-        if self._token is None or time.monotonic() >= self._expires_at:
+        headers = self._headers
+        if headers is None or time.monotonic() >= self._expires_at:
             async with self._lock:
-                if self._token is None or time.monotonic() >= self._expires_at:
-                    await self._fetch(session)
-        return {"Authorization": f"Bearer {self._token}"}
+                if self._headers is None or time.monotonic() >= self._expires_at:
+                    await self._fetch(session, hold=True)
+                headers = self._headers
+        assert headers is not None
+        return headers
 
-    async def _fetch(self, session: aiohttp.ClientSession) -> None:
+    async def refresh(self, session: aiohttp.ClientSession, used: Mapping[str, str]) -> bool:
+        async with self._lock:
+            if self._headers is None or self._headers.get("Authorization") == used.get(
+                "Authorization"
+            ):
+                log.info("model server rejected the OAuth token (401); fetching a new one")
+                await self._fetch(session, hold=False)
+        return True
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._keep_fresh(session), name="oauth-refresh")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_fresh(self, session: aiohttp.ClientSession) -> None:
+        """Fetch now, then again before each expiry; on failure retry with backoff."""
+        backoff = 1.0
+        while True:
+            wait = self._expires_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                async with self._lock:
+                    if self._expires_at - time.monotonic() <= 0:
+                        await self._fetch(session, hold=False)
+                backoff = 1.0
+            except UpstreamUnavailable as exc:
+                log.warning("OAuth token refresh failed (%s); retrying in %.0f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
+
+    async def _fetch(self, session: aiohttp.ClientSession, *, hold: bool) -> None:
+        """Get a new token (the caller holds the lock). With ``hold``, a failure of less
+        than ``FAILURE_HOLD_S`` ago is raised again instead of asking the endpoint."""
+        failed = self._failed
+        if hold and failed is not None and time.monotonic() - failed[0] < FAILURE_HOLD_S:
+            raise UpstreamUnavailable(failed[1])
+        try:
+            await self._fetch_once(session)
+        except UpstreamUnavailable as exc:
+            self._failed = (time.monotonic(), exc.message)
+            raise
+        self._failed = None
+
+    async def _fetch_once(self, session: aiohttp.ClientSession) -> None:
         try:
             async with session.post(
                 self.token_url, data=self._form, timeout=aiohttp.ClientTimeout(total=10)
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
-                    raise UpstreamUnavailable(f"token endpoint answered {resp.status}")
+                    raise UpstreamUnavailable(
+                        f"OAuth token endpoint {self.token_url} answered {resp.status}"
+                    )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"token endpoint unreachable: {type(exc).__name__}") from None
+            raise UpstreamUnavailable(
+                f"OAuth token endpoint {self.token_url} unreachable: {type(exc).__name__}"
+            ) from None
         try:
             data = orjson.loads(body)
-            self._token = str(data["access_token"])
+            token = str(data["access_token"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise UpstreamUnavailable("token endpoint sent no access_token") from None
-        expires_in = float(data.get("expires_in") or 300)
+            raise UpstreamUnavailable(
+                f"OAuth token endpoint {self.token_url} sent no access_token"
+            ) from None
+        try:
+            expires_in = float(data.get("expires_in") or 300)
+        except (TypeError, ValueError):
+            expires_in = 300.0
+        self._headers = {"Authorization": f"Bearer {token}"}
         self._expires_at = time.monotonic() + max(expires_in - REFRESH_MARGIN_S, expires_in / 2)
+        self.fetches += 1
+        log.info("OAuth token fetched; valid for %.0f s", expires_in)

@@ -9,15 +9,20 @@ so the model server stops generating for nobody.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
 from llm_service.errors import (
+    ServiceError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -25,39 +30,99 @@ from llm_service.errors import (
 )
 from llm_service.upstream.auth import Auth
 
+log = logging.getLogger(__name__)
+
 Chunk = dict[str, Any]
 
 _DONE = b"[DONE]"
 
 
+@dataclass(eq=False)
+class Replica:
+    """One URL of the model server, with its load and health as this process sees them."""
+
+    url: str
+    chat_url: str
+    in_flight: int = 0  # requests sent to it and not finished
+    down_until: float = 0.0  # monotonic time until which it is left out after a failure
+
+
+class ReplicaUnavailable(UpstreamUnavailable):
+    """This replica is unreachable or overloaded (connect error, 429, 503): another may answer."""
+
+
+class ReplicaTimeout(UpstreamTimeout):
+    """Connecting to this replica timed out: another may answer."""
+
+
+class ReplicaFailed(UpstreamError):
+    """This replica failed (500, 502, the stream broke before its first chunk)."""
+
+
+_REPLICA_FAULTS = (ReplicaUnavailable, ReplicaTimeout, ReplicaFailed)
+
+
 class UpstreamClient:
-    """A connection pool to one OpenAI-compatible model server.
+    """A connection pool to one OpenAI-compatible model server (one or several replicas).
 
     The app's lifespan opens one shared ``aiohttp.ClientSession`` with ``start`` and closes
     it with ``aclose``. Calls made on another event loop (a notebook, ``asyncio.run`` in a
     script, the sync API) use a session of their own for that call, so nothing leaks.
+
+    ``base_url`` may name several replicas separated by commas. Each request goes to the
+    replica with the fewest requests in flight (ties take turns); a replica that fails is
+    left out for ``replica_cooldown`` seconds, and a request that fails before its first
+    chunk is sent again to another replica. Once a chunk has been relayed nothing is retried.
+
+    Timeouts: ``connect_timeout`` (TCP connect), ``first_token_timeout`` (request sent to the
+    first chunk of a stream), ``idle_timeout`` (silence between chunks once a stream has
+    started), ``total_timeout`` (the whole request).
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         auth: Auth | None = None,
         connect_timeout: float = 10.0,
         total_timeout: float = 300.0,
+        first_token_timeout: float | None = None,
+        idle_timeout: float | None = None,
         connections: int = 512,
         tls_skip_verify: bool = False,
+        tls_ca_bundle: str | Path | None = None,
+        replica_cooldown: float = 10.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.chat_url = f"{self.base_url}/v1/chat/completions"
+        urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+        self.replicas = [
+            Replica(url, f"{url}/v1/chat/completions")
+            for url in (u.strip().rstrip("/") for u in urls)
+            if url
+        ]
+        if not self.replicas:
+            raise ValueError("no model server URL")
+        self.base_url = self.replicas[0].url
+        self.chat_url = self.replicas[0].chat_url
         self.auth = auth or Auth()
         self.timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
+        self.connect_timeout = connect_timeout
+        self.total_timeout = total_timeout
+        self.first_token_timeout = first_token_timeout
+        self.idle_timeout = idle_timeout
+        self.replica_cooldown = replica_cooldown
         self.connections = connections
         self.ssl: ssl.SSLContext | bool = not tls_skip_verify
+        if tls_ca_bundle is not None and not tls_skip_verify:
+            self.ssl = ssl.create_default_context(cafile=str(tls_ca_bundle))
+        self._turn = 0
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lazy: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+
+    def __repr__(self) -> str:
+        urls = ",".join(r.url for r in self.replicas)
+        return f"UpstreamClient({urls!r}, auth={self.auth!r})"
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -71,20 +136,22 @@ class UpstreamClient:
         )
 
     async def start(self) -> None:
-        """Open the shared connection pool on the running loop."""
+        """Open the shared connection pool on the running loop and start the auth's
+        background work (OAuth: fetch the token now, refresh it before it expires)."""
         if self._session is None or self._session.closed:
             self._session = self._new_session()
             self._loop = asyncio.get_running_loop()
+            await self.auth.start(self._session)
 
     async def aclose(self) -> None:
         """Close the shared connection pool (and the running loop's own session)."""
+        await self.auth.aclose()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
         keeper = self._keepers.get(asyncio.get_running_loop())
         if keeper is not None:
             await keeper.aclose()
-        await self.auth.aclose()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[aiohttp.ClientSession]:
@@ -117,46 +184,129 @@ class UpstreamClient:
             self._keepers.pop(loop, None)
             await session.close()
 
+    # --- replicas ------------------------------------------------------------------------
+
+    def _pick(self, tried: Sequence[Replica]) -> Replica | None:
+        """The untried replica with the fewest requests in flight (cooled-down ones last)."""
+        replicas = self.replicas
+        if len(replicas) == 1:
+            return None if tried else replicas[0]
+        now = time.monotonic()
+        count = len(replicas)
+        turn = self._turn
+        self._turn = (turn + 1) % count
+        best: Replica | None = None
+        best_key: tuple[bool, float] = (True, 0.0)
+        for i in range(count):
+            replica = replicas[(turn + i) % count]
+            if replica in tried:
+                continue
+            down = replica.down_until > now
+            key = (down, replica.down_until if down else float(replica.in_flight))
+            if best is None or key < best_key:
+                best, best_key = replica, key
+        return best
+
+    def _failed(self, replica: Replica, exc: UpstreamError) -> None:
+        if len(self.replicas) > 1:
+            replica.down_until = time.monotonic() + self.replica_cooldown
+            log.warning(
+                "replica %s failed (%s); left out for %.0f s",
+                replica.url, exc.message, self.replica_cooldown,
+            )  # fmt: skip
+
+    # --- requests ------------------------------------------------------------------------
+
     async def _headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         headers.update(await self.auth.headers(session))
         return headers
 
-    async def _post(
-        self, session: aiohttp.ClientSession, payload: Mapping[str, Any]
+    async def _request(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        data: bytes | None,
+        limits: aiohttp.ClientTimeout | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
-        try:
-            resp = await session.post(
-                self.chat_url, data=orjson.dumps(payload), headers=await self._headers(session)
-            )
-        except TimeoutError:
-            raise UpstreamTimeout("timed out connecting to the model server") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"model server unreachable: {exc.os_error}") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"model server connection failed: {exc}") from None
-        if resp.status >= 400:
+        """Send one request; a 401 refreshes the credentials once and sends it once more."""
+        retried = False
+        while True:
+            headers = await self._headers(session)
+            if extra_headers:
+                headers.update(extra_headers)  # issue 8: X-Request-ID, traceparent
+            try:
+                resp = await session.request(
+                    method, url, data=data, headers=headers, timeout=limits or self.timeout
+                )
+            except aiohttp.ConnectionTimeoutError:
+                raise ReplicaTimeout(
+                    f"timed out connecting to the model server "
+                    f"(LLM_CONNECT_TIMEOUT={self.connect_timeout:g} s)"
+                ) from None
+            except TimeoutError:
+                limit = (
+                    f"{limits.total:g} s"
+                    if limits is not None
+                    else f"LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
+                )
+                raise UpstreamTimeout(f"model server did not answer within {limit}") from None
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise UpstreamError(
+                    f"model server's TLS certificate is not trusted ({exc.certificate_error}); "
+                    "set LLM_TLS_CA_BUNDLE to its CA (or LLM_TLS_SKIP_VERIFY=True)"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                raise ReplicaUnavailable(f"model server unreachable: {exc.os_error}") from None
+            except aiohttp.ClientError as exc:
+                raise ReplicaUnavailable(f"model server connection failed: {exc}") from None
+            if resp.status < 400:
+                return resp
             try:
                 body = await resp.read()
             except (aiohttp.ClientError, TimeoutError):
                 body = b""
             finally:
                 resp.release()
+            if resp.status == 401 and not retried and await self.auth.refresh(session, headers):
+                retried = True
+                continue
             raise _status_error(resp.status, body, resp.headers.get("Retry-After"))
-        return resp
 
-    async def chat(self, payload: Mapping[str, Any]) -> Chunk:
+    async def chat(
+        self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> Chunk:
         """A whole (non-streamed) chat completion."""
+        data = orjson.dumps({**payload, "stream": False})
+        tried: list[Replica] = []
         async with self.session() as session:
-            resp = await self._post(session, {**payload, "stream": False})
-            try:
-                body = await resp.read()
-            except TimeoutError:
-                raise UpstreamTimeout("model server did not answer in time") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"model server connection broke: {exc}") from None
-            finally:
-                resp.release()
+            while (replica := self._pick(tried)) is not None:
+                tried.append(replica)
+                replica.in_flight += 1
+                try:
+                    resp = await self._request(
+                        session, "POST", replica.chat_url, data, extra_headers=headers
+                    )
+                    try:
+                        body = await resp.read()
+                    except TimeoutError:
+                        raise UpstreamTimeout(
+                            "model server did not answer within "
+                            f"LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
+                        ) from None
+                    except aiohttp.ClientError as exc:
+                        raise UpstreamError(f"model server connection broke: {exc}") from None
+                    finally:
+                        resp.release()
+                    break
+                except _REPLICA_FAULTS as exc:
+                    self._failed(replica, exc)
+                    if len(tried) >= len(self.replicas):
+                        raise
+                finally:
+                    replica.in_flight -= 1
         try:
             result = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -165,71 +315,129 @@ class UpstreamClient:
             raise UpstreamError(f"model server sent no choices: {_message_of(result, body)}")
         return result
 
-    async def stream_chat(self, payload: Mapping[str, Any]) -> AsyncIterator[list[Chunk]]:
+    def _idle_from_now(self, resp: aiohttp.ClientResponse) -> None:
+        """Once a stream has started: fail a read after ``idle_timeout`` s of silence."""
+        connection = resp.connection
+        if self.idle_timeout and connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = self.idle_timeout
+            connection.protocol.start_timeout()
+
+    def _read_timeout_error(self, exc: TimeoutError) -> UpstreamTimeout:
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            return UpstreamTimeout(
+                f"model server sent nothing for LLM_IDLE_TIMEOUT={self.idle_timeout:g} s"
+            )
+        return UpstreamTimeout(
+            f"model server stream exceeded LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
+        )
+
+    async def stream_chat(
+        self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[list[Chunk]]:
         """Parsed ``chat.completion.chunk`` dicts, one list per network read."""
+        data = orjson.dumps({**payload, "stream": True})
+        tried: list[Replica] = []
         async with self.session() as session:
-            resp = await self._post(session, {**payload, "stream": True})
-            finished = False
-            tail: list[Chunk] = []
-            try:
-                buffer = b""
-                content = resp.content
-                while True:
-                    try:
-                        data = await content.readany()
-                    except TimeoutError:
-                        raise UpstreamTimeout("model server stream timed out") from None
-                    except aiohttp.ClientError as exc:
-                        raise UpstreamError(f"model server stream broke: {exc}") from None
-                    if not data:
-                        break
-                    buffer += data
-                    if b"\n" not in data:
-                        continue
-                    lines = buffer.split(b"\n")
-                    buffer = lines.pop()
-                    batch: list[Chunk] = []
-                    failure: UpstreamError | None = None
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue  # blank separators, comments, event/id fields
-                        body = line[5:].strip()
-                        if body == _DONE:
-                            finished = True
-                            break
+            while (replica := self._pick(tried)) is not None:
+                tried.append(replica)
+                replica.in_flight += 1
+                first = True
+                try:
+                    # The first-chunk deadline covers connecting, auth and the wait for the
+                    # first chunk; it is switched off before anything is yielded.
+                    async with asyncio.timeout(self.first_token_timeout) as deadline:
+                        resp = await self._request(
+                            session, "POST", replica.chat_url, data, extra_headers=headers
+                        )
+                        finished = False
+                        tail: list[Chunk] = []
                         try:
-                            chunk = orjson.loads(body)
-                        except orjson.JSONDecodeError:
-                            failure = UpstreamError("model server sent a malformed stream chunk")
-                            break
-                        if "error" in chunk or chunk.get("object") == "error":
-                            message = _message_of(chunk, body)
-                            failure = UpstreamError(f"model server failed mid-stream: {message}")
-                            break
-                        batch.append(chunk)
-                    if batch:
-                        tail = batch
-                        yield batch  # what arrived before a failure is still relayed
-                    if failure is not None:
-                        raise failure
-                    if finished:
-                        # Read the body's end too, so the connection goes back to the pool
-                        # for the next request instead of being closed.
-                        try:
-                            while await content.readany():
-                                pass
-                        except (aiohttp.ClientError, TimeoutError):
-                            finished = False  # the answer is whole; just drop the connection
-                        return
-                if any(c.get("choices") and c["choices"][0].get("finish_reason") for c in tail):
-                    finished = True  # some servers end without [DONE]; the answer is complete
-                    return
-                raise UpstreamError("model server closed the stream before the answer ended")
-            finally:
-                if finished:
-                    resp.release()
-                else:
-                    resp.close()  # drop the connection: the model server stops generating
+                            buffer = b""
+                            content = resp.content
+                            while True:
+                                try:
+                                    data_in = await content.readany()
+                                except TimeoutError as exc:
+                                    raise self._read_timeout_error(exc) from None
+                                except aiohttp.ClientError as exc:
+                                    raise ReplicaFailed(
+                                        f"model server stream broke: {exc}"
+                                    ) from None
+                                if not data_in:
+                                    break
+                                buffer += data_in
+                                if b"\n" not in data_in:
+                                    continue
+                                lines = buffer.split(b"\n")
+                                buffer = lines.pop()
+                                batch: list[Chunk] = []
+                                failure: UpstreamError | None = None
+                                for line in lines:
+                                    if not line.startswith(b"data:"):
+                                        continue  # blank separators, comments, event/id fields
+                                    body = line[5:].strip()
+                                    if body == _DONE:
+                                        finished = True
+                                        break
+                                    try:
+                                        chunk = orjson.loads(body)
+                                    except orjson.JSONDecodeError:
+                                        failure = UpstreamError(
+                                            "model server sent a malformed stream chunk"
+                                        )
+                                        break
+                                    if "error" in chunk or chunk.get("object") == "error":
+                                        message = _message_of(chunk, body)
+                                        failure = UpstreamError(
+                                            f"model server failed mid-stream: {message}"
+                                        )
+                                        break
+                                    batch.append(chunk)
+                                if batch:
+                                    tail = batch
+                                    if first:
+                                        first = False
+                                        deadline.reschedule(None)
+                                        self._idle_from_now(resp)
+                                    yield batch  # what came before a failure is still relayed
+                                if failure is not None:
+                                    raise failure
+                                if finished:
+                                    # Read the body's end too, so the connection goes back to
+                                    # the pool for the next request instead of being closed.
+                                    try:
+                                        while await content.readany():
+                                            pass
+                                    except (aiohttp.ClientError, TimeoutError):
+                                        finished = False  # the answer is whole; drop the conn
+                                    return
+                            if any(
+                                c.get("choices") and c["choices"][0].get("finish_reason")
+                                for c in tail
+                            ):
+                                finished = True  # no [DONE] but a finish reason: complete
+                                return
+                            raise ReplicaFailed(
+                                "model server closed the stream before the answer ended"
+                            )
+                        finally:
+                            if finished:
+                                resp.release()
+                            else:
+                                resp.close()  # drop the connection: the server stops generating
+                except TimeoutError:  # only the first-chunk deadline ends up here
+                    raise UpstreamTimeout(
+                        "model server sent no first token within "
+                        f"LLM_FIRST_TOKEN_TIMEOUT={self.first_token_timeout:g} s"
+                    ) from None
+                except _REPLICA_FAULTS as exc:
+                    if not first:
+                        raise  # chunks were relayed: never retried
+                    self._failed(replica, exc)
+                    if len(tried) >= len(self.replicas):
+                        raise
+                finally:
+                    replica.in_flight -= 1
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST ``body`` to ``path`` (e.g. ``/tokenize``) and return the parsed JSON reply."""
@@ -243,29 +451,65 @@ class UpstreamClient:
     async def _json_call(
         self, method: str, path: str, data: bytes | None, *, limit_s: float
     ) -> Any:
-        """A small request/response exchange, with the same error mapping as chat calls."""
-        try:
-            async with (
-                self.session() as session,
-                session.request(
-                    method,
-                    f"{self.base_url}{path}",
-                    data=data,
-                    headers=await self._headers(session),
-                    timeout=aiohttp.ClientTimeout(total=limit_s),
-                ) as resp,
-            ):
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise _status_error(resp.status, raw, None)
-        except TimeoutError:
-            raise UpstreamTimeout(f"model server did not answer {path} in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"model server unreachable: {exc}") from None
+        """A small request/response exchange, with the same error mapping as chat calls.
+
+        With several replicas, the first that answers does (readiness: any replica up)."""
+        limits = aiohttp.ClientTimeout(total=limit_s, sock_connect=self.connect_timeout)
+        tried: list[Replica] = []
+        async with self.session() as session:
+            while (replica := self._pick(tried)) is not None:
+                tried.append(replica)
+                try:
+                    resp = await self._request(
+                        session, method, f"{replica.url}{path}", data, limits
+                    )
+                    try:
+                        raw = await resp.read()
+                    finally:
+                        resp.release()
+                    break
+                except TimeoutError:
+                    raise UpstreamTimeout(f"model server did not answer {path} in time") from None
+                except aiohttp.ClientError as exc:
+                    raise UpstreamUnavailable(f"model server unreachable: {exc}") from None
+                except _REPLICA_FAULTS as exc:
+                    self._failed(replica, exc)
+                    if len(tried) >= len(self.replicas):
+                        raise
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"model server sent non-JSON from {path}") from None
+
+    async def wait_until_answers(self, max_wait: float, *, first_delay: float = 0.5) -> bool:
+        """Ask ``/v1/models`` with backoff (0.5 s doubling, at most 10 s between tries) until
+        the model server answers or ``max_wait`` seconds have passed; True if it answered."""
+        deadline = time.monotonic() + max_wait
+        delay = first_delay
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                models = await self.models()
+            except ServiceError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error(
+                        "model server did not answer within LLM_STARTUP_WAIT=%g s (%s); "
+                        "serving anyway, /v1/ready answers 503 until it does",
+                        max_wait, exc.message,
+                    )  # fmt: skip
+                    return False
+                log.info(
+                    "waiting for the model server (attempt %d: %s); next try in %.1f s",
+                    attempt, exc.message, min(delay, left),
+                )  # fmt: skip
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 10.0)
+                continue
+            served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+            log.info("model server answers after %d attempt(s); serves %s", attempt, served)
+            return True
 
 
 def _message_of(parsed: Any, raw: bytes) -> str:
@@ -289,4 +533,8 @@ def _status_error(status: int, body: bytes, retry_after: str | None) -> Upstream
     except orjson.JSONDecodeError:
         parsed = None
     message = f"model server answered {status}: {_message_of(parsed, body)}"
+    if status in (429, 503):
+        return ReplicaUnavailable(message, retry_after=retry_after or "1")
+    if status in (500, 502):
+        return ReplicaFailed(message)
     return upstream_status_error(status, message, retry_after)

@@ -80,6 +80,13 @@ class EmbeddedServer:
             "--verbose", "False",
         ]  # fmt: skip
 
+    @property
+    def state(self) -> str:
+        """``running`` while the child lives, ``exited`` once it has ended, else ``starting``."""
+        if self._proc is None:
+            return "starting"
+        return "running" if self._proc.returncode is None else "exited"
+
     async def start(self) -> str:
         """Start the child and wait until ``/v1/models`` answers; returns the base URL."""
         if importlib.util.find_spec("llama_cpp") is None:

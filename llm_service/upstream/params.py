@@ -45,3 +45,15 @@ def sampling_payload(server: ModelServer, params: Mapping[str, Any]) -> dict[str
         else:
             out[wire] = value
     return out
+
+
+# Finish reasons outside OpenAI's set, as some servers report them (TGI's Messages API in
+# versions before 2.1 says "eos_token"; its generate API says "stop_sequence").
+FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "end_turn": "stop"}
+
+
+def finish_reason(reason: str | None) -> str:
+    """OpenAI's finish reason for what a server reported (none: "stop")."""
+    if not reason:
+        return "stop"
+    return FINISH_REASONS.get(reason, reason)

@@ -1,0 +1,84 @@
+"""Log lines: JSON (one object per line) or text, each with the request id of its request.
+
+The request id lives in a ``ContextVar`` set when a request starts, so every line logged
+while serving it (here, in the upstream client, in LangChain) carries it without passing it
+around. One access line per request goes to the ``llm_service.access`` logger: method,
+route, status, timings, tokens and the request id, never the prompt or any credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+from contextvars import ContextVar
+from typing import Any
+
+from llm_service.settings import Settings
+
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+"""The id of the request being served (``-`` outside requests)."""
+
+access_log = logging.getLogger("llm_service.access")
+
+_VALID_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def new_request_id(incoming: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new random id."""
+    if incoming:
+        text = incoming.decode("latin-1")
+        if _VALID_ID.fullmatch(text):
+            return text
+    return secrets.token_hex(16)
+
+
+def upstream_headers() -> dict[str, str] | None:
+    """The current request's id for the model server (None outside a request): for model
+    calls that do not come through the chat route's own hook (the chain's model step)."""
+    rid = request_id.get()
+    return None if rid == "-" else {"X-Request-ID": rid}
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every record (for both formats)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def json_formatter() -> logging.Formatter:
+    """python-json-logger on orjson: time, level, logger, message, request_id and extras."""
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.orjson import OrjsonFormatter
+
+    return OrjsonFormatter(
+        "%(levelname)s %(name)s %(message)s %(request_id)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="time",  # ISO 8601, UTC
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],  # uvicorn's ANSI-coloured copy
+    )
+
+
+def handler_for(settings: Settings, stream: Any = None) -> logging.Handler:
+    """A stream handler (stderr by default) in the configured format."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(json_formatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
+def configure_logging(settings: Settings) -> None:
+    """Root logger: one handler in ``LLM_LOG_FORMAT`` at ``LLM_LOG_LEVEL`` (uvicorn's loggers
+    propagate to it, so its lines come out in the same format)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler_for(settings))
+    root.setLevel(settings.log_level)
