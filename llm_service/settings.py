@@ -215,8 +215,8 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(
         0,
         ge=0,
-        description="Most chat requests served at once; past it 429 with Retry-After at once "
-        "(no queueing). 0: no cap.",
+        description="Most generations served at once (chat route and LangServe routes); past "
+        "it 429 with Retry-After at once (no queueing). 0: no cap.",
     )
     max_messages: int = Field(
         1000, ge=1, description="Most messages (plus history turns) in one request (422 above)."

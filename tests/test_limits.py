@@ -132,3 +132,30 @@ def test_body_over_the_byte_limit_is_413(limited: ServiceServer, fake: FakeOpenA
 
 def test_no_cap_by_default(service: ServiceServer) -> None:
     assert service.app.state.service.gate.limit == 0
+
+
+def test_langserve_routes_share_the_cap(limited: ServiceServer, fake: FakeOpenAI) -> None:
+    """/llm/stream and /llm/invoke generate too: they count against LLM_MAX_CONCURRENT."""
+    slow = Script(tokens=[f" t{i}" for i in range(100)], token_delay=0.05)
+    fake.push(slow, slow)
+    body = {"input": {"messages": USER}}
+    readers = []  # kept referenced: a dropped iterator closes its response
+    with httpx.Client(timeout=10) as client, ExitStack() as stack:
+        for _ in range(2):  # two LangServe streams in flight: the cap
+            resp = stack.enter_context(
+                client.stream("POST", f"{limited.url}/llm/stream", json=body)
+            )
+            assert resp.status_code == 200
+            readers.append(resp.iter_lines())
+            assert next(readers[-1]) == "event: metadata"
+        assert active(limited) == 2
+        refused = client.post(f"{limited.url}/llm/invoke", json=body)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        refused = client.post(f"{limited.url}/v1/chat/completions", json={"messages": USER})
+        assert refused.status_code == 429
+    wait_idle(limited)  # streams closed by their clients give their places back
+    ok = httpx.post(f"{limited.url}/llm/invoke", json=body, timeout=10)
+    assert ok.status_code == 200
+    wait_idle(limited)

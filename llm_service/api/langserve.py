@@ -17,7 +17,8 @@ Any other knob, a bad value, or a bad input is a 422 naming the field, before an
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from langchain_core.runnables import (
     RunnableSerializable,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.background import BackgroundTask
 
 from llm_service.api.opea import read_body, validation_error
 from llm_service.errors import InvalidRequest
@@ -270,8 +272,42 @@ async def _translated(items: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
         raise _invalid_input(exc) from None
 
 
-def _sse(frames: AsyncGenerator[bytes, None]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream", headers=_SSE_HEADERS)
+@contextmanager
+def _gate(service: ChatService) -> Iterator[None]:
+    """One generation under ``LLM_MAX_CONCURRENT``, as on the chat route (429 past it)."""
+    service.gate.enter()
+    try:
+        yield
+    finally:
+        service.gate.leave()
+
+
+def _gated_sse(service: ChatService, frames: AsyncGenerator[bytes, None]) -> StreamingResponse:
+    """An SSE response holding one place under the cap until the stream ends, however it ends."""
+    service.gate.enter()
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            service.gate.leave()
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()
+            release()
+
+    # The background task releases a stream that never started (the client left first).
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers=_SSE_HEADERS,
+        background=BackgroundTask(release),
+    )
 
 
 def _json(obj: Any) -> Response:
@@ -309,7 +345,8 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
         body = await _parse(InvokeRequest, request)
         inp, config = _input(service, body.input), _config(service, body.config)
         try:
-            output = await _chain(request).ainvoke(inp, config)
+            with _gate(service):
+                output = await _chain(request).ainvoke(inp, config)
         except PromptError as exc:
             raise _invalid_input(exc) from None
         run_id = str(config["run_id"])
@@ -333,7 +370,8 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
         else:
             configs = [_config(service, body.config) for _ in inputs]
         try:
-            outputs = await _chain(request).abatch(inputs, configs)
+            with _gate(service):
+                outputs = await _chain(request).abatch(inputs, configs)
         except PromptError as exc:
             raise _invalid_input(exc) from None
         run_ids = [str(c["run_id"]) for c in configs]
@@ -350,7 +388,7 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
         body = await _parse(InvokeRequest, request)
         inp, config = _input(service, body.input), _config(service, body.config)
         chunks = _translated(_chain(request).astream(inp, config))
-        return _sse(relay_langserve(chunks, run_id=str(config["run_id"])))
+        return _gated_sse(service, relay_langserve(chunks, run_id=str(config["run_id"])))
 
     @router.post(
         "/stream_events",
@@ -372,7 +410,7 @@ def build_router(path: str, *, playground: bool) -> APIRouter:
             exclude_types=body.exclude_types,
             exclude_tags=body.exclude_tags,
         )
-        return _sse(relay_langserve(_translated(events)))
+        return _gated_sse(service, relay_langserve(_translated(events)))
 
     @router.get("/input_schema", summary="JSON schema of the chain's input")
     async def input_schema() -> JSONResponse:
