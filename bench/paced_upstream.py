@@ -105,9 +105,11 @@ class Wheel:
     """Streams waiting for their next chunk, in slots of ``TICK_S``; one timer runs them all.
 
     A slot holds the streams due in that tick; running it writes each one's chunk and moves
-    it ``delay`` slots on. The timer runs only while streams wait, and a late run catches
-    up on every slot it missed, in order, so a stream's chunks stay ``delay`` ticks apart
-    on the wheel's clock whatever the timer's jitter.
+    it ``delay`` slots on. The timer is set for the next slot that holds a stream (so one
+    stream costs 20 wake-ups a second, not 1,000), at least ``TICK_S`` ahead: libuv's timers
+    count whole milliseconds, and a shorter wait would spin. A late run catches up on every
+    slot it missed, in order, so a stream's chunks stay ``delay`` ticks apart on the wheel's
+    clock (``time.monotonic``, not the loop's millisecond clock) whatever the timer's jitter.
     """
 
     def __init__(self, delay_s: float) -> None:
@@ -118,26 +120,30 @@ class Wheel:
         self.mask = size - 1
         self.slots: list[list[Stream]] = [[] for _ in range(size)]
         self.loop = asyncio.get_running_loop()
-        self.origin = self.loop.time()
+        self.origin = time.monotonic()
         self.done = 0  # the last tick run
         self.waiting = 0
         self.timer: asyncio.TimerHandle | None = None
 
     def _now(self) -> int:
-        return int((self.loop.time() - self.origin) / TICK_S)
+        return int((time.monotonic() - self.origin) / TICK_S)
 
     def add(self, stream: Stream) -> None:
         now = self._now()
         if self.timer is None:
             self.done = now
-            self._schedule()
         due = min(now + self.delay, self.done + self.mask)  # never a lap ahead
         self.slots[due & self.mask].append(stream)
         self.waiting += 1
+        if self.timer is None:  # else it is set for a slot no later than this one
+            self._schedule()
 
     def _schedule(self) -> None:
-        when = self.origin + (self.done + 1) * TICK_S
-        self.timer = self.loop.call_at(when, self._run)
+        slots, mask, tick = self.slots, self.mask, self.done + 1
+        while not slots[tick & mask]:  # some slot holds a stream: self.waiting > 0
+            tick += 1
+        wait = self.origin + tick * TICK_S - time.monotonic()
+        self.timer = self.loop.call_later(max(wait, TICK_S), self._run)
 
     def _run(self) -> None:
         slots, mask, delay = self.slots, self.mask, self.delay
