@@ -160,6 +160,12 @@ class Conn(asyncio.Protocol):
             if fresh:
                 st.reads += 1
 
+    def stall_kind(self) -> str:
+        """Where a stalled stream stopped: before the reply's head, before content, or in it."""
+        if self.status == 0:
+            return "stall_no_reply"
+        return "stall_before_content" if self.first == 0.0 else "stall_mid_stream"
+
     def on_message_complete(self) -> None:
         if self.status != 200:
             self.finish(f"http_{self.status}")
@@ -242,7 +248,7 @@ class PacedLoad(LoadGen):
             now = clock()
             for conn in list(self.conns):
                 if conn.active and now - conn.heard > self.stall_s:
-                    conn.finish("stall")
+                    conn.finish(conn.stall_kind())
                 elif not conn.active and now >= self.t1 and conn.transport is not None:
                     conn.transport.close()
             await asyncio.sleep(0.25)
