@@ -176,12 +176,12 @@ class Server:
         models = {"object": "list", "data": [{"id": answers.model, "object": "model",
                                               "max_model_len": answers.max_model_len}]}  # fmt: skip
         self.models = orjson.dumps(models)
-        self.tails: dict[tuple[str, int | None], bytes] = {}
+        self.tails: dict[tuple[str, int, int | None], bytes] = {}  # few distinct requests
 
     def stream(self, conn: Connection, body: dict[str, Any]) -> None:
         tokens, finish, usage = self._plan(body)
         include = bool((body.get("stream_options") or {}).get("include_usage"))
-        key = (finish, usage["prompt_tokens"] if include else None)
+        key = (finish, tokens, usage["prompt_tokens"] if include else None)
         tail = self.tails.get(key)
         if tail is None:
             tail = self.tails[key] = self.answers.tail(finish, usage if include else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import orjson
@@ -26,6 +27,12 @@ async def _start(tokens: int, delay_s: float) -> tuple[asyncio.Task[None], str]:
             except httpx.TransportError:
                 await asyncio.sleep(0.02)
     return task, url
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def test_paced_upstream_streams_the_fake_chunks() -> None:
@@ -52,7 +59,7 @@ async def test_paced_upstream_streams_the_fake_chunks() -> None:
                                        json={**body, "stream": False})).json()  # fmt: skip
             assert whole["choices"][0]["message"]["content"] == " tok0 tok1 tok2"
     finally:
-        task.cancel()
+        await _stop(task)
 
 
 async def test_paced_load_counts_frames_and_gaps() -> None:
@@ -63,7 +70,7 @@ async def test_paced_load_counts_frames_and_gaps() -> None:
                         drain=5.0)  # fmt: skip
         result = await PacedLoad(config, stall_s=5.0).run()
     finally:
-        task.cancel()
+        await _stop(task)
     assert result["errors"] == 0, result["error_kinds"]
     assert result["completed"] > 20  # 5 streams of 8 tokens + finish, ≈ 90 ms each
     # 8 content frames + the finish frame per answer, one every 10 ms per stream
