@@ -202,6 +202,7 @@ class PacedLoad(LoadGen):
         self.stall_s = stall_s
         self.conns: set[Conn] = set()
         self.connecting = 0
+        self.tasks: set[asyncio.Task[None]] = set()
         self.cutting = False
         self.all_closed = asyncio.Event()
 
@@ -218,7 +219,9 @@ class PacedLoad(LoadGen):
             self._check_idle()
             return
         self.connecting += 1
-        asyncio.get_running_loop().create_task(self._connect())
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self.tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self.tasks.discard)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
