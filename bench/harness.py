@@ -192,10 +192,17 @@ class Harness:
 
     def start_upstream(self, name: str, delay_ms: float, per_write: int) -> tuple[Child, str]:
         """``tests/fake_openai.py`` on the load core; returns it and its base URL."""
+        return self._start_fake(name, ["tests/fake_openai.py", "--delay-ms", str(delay_ms),
+                                       "--per-write", str(per_write)])  # fmt: skip
+
+    def start_paced_upstream(self, name: str, delay_ms: float) -> tuple[Child, str]:
+        """``bench.paced_upstream`` (one timer for all streams) on the load core."""
+        return self._start_fake(name, ["-m", "bench.paced_upstream", "--delay-ms", str(delay_ms)])
+
+    def _start_fake(self, name: str, argv: list[str]) -> tuple[Child, str]:
         port = free_port()
-        argv = [sys.executable, "tests/fake_openai.py", "--host", "127.0.0.1",
-                "--port", str(port), "--tokens", str(TOKENS), "--delay-ms", str(delay_ms),
-                "--per-write", str(per_write)]  # fmt: skip
+        argv = [sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port),
+                "--tokens", str(TOKENS)]  # fmt: skip
         child = self.spawn(name, argv, self.machine.load_cpu)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -93,7 +93,10 @@ def _derive_one(row: Row, service_cpu: int | None, load_cpu: int | None) -> None
     d["chunks_per_read"] = raw.get("frames_per_read")
     d["ttft_p50_ms"] = ttft.get("p50")
     d["ttft_p99_ms"] = ttft.get("p99")
-    d["gap_p99_ms"] = (raw.get("gap_ms") or {}).get("p99")
+    gap = raw.get("gap_ms") or {}
+    d["gap_p50_ms"] = gap.get("p50")
+    d["gap_p99_ms"] = gap.get("p99")
+    d["gap_max_ms"] = gap.get("max")
     d["errors"] = raw.get("errors")
     d["loadgen_cpu_pct"] = cpu_pct.get("loadgen")
     if "loadgen" in cpu_s and raw.get("frames"):
@@ -161,7 +164,12 @@ def _notes(row: Row) -> str:
         notes.append(f"only {peak} of {row.concurrency} streams open at once")
     if not row.stream and row.target == "service" and d.get("cpu_us_per_request"):
         notes.append(f"{d['cpu_us_per_request']:.0f} µs CPU per request")
-    if row.target == "upstream alone":
+    if row.paced:  # the harness's share of core 1: was it able to offer the load?
+        per_chunk = d.get("loadgen_us_per_chunk")
+        cost = f" ({per_chunk:.1f} µs/chunk)" if per_chunk else ""
+        notes.append(f"core 1: upstream {_f(d.get('upstream_cpu_pct'))}%, "
+                     f"load client {_f(d.get('loadgen_cpu_pct'))}%{cost}")  # fmt: skip
+    elif row.target == "upstream alone":
         per_chunk = d.get("loadgen_us_per_chunk")
         cost = f", {per_chunk:.1f} µs/chunk" if per_chunk else ""
         notes.append(f"load generator {_f(d.get('loadgen_cpu_pct'))}% of core 1{cost}")
@@ -216,15 +224,16 @@ def main_table(rows: list[Row]) -> str:
 
 
 GROWTH_COLUMNS = (
-    "paced streams", "chunks/s", "service CPU %", "kernel share", "CPU µs/chunk", "RSS MB",
-    "RSS growth MB", "KB per stream", "gap p99 ms", "TTFT p99 ms", "errors",
-    "streams per core (est.)",
+    "paced streams", "target", "chunks/s", "service CPU %", "kernel share", "CPU µs/chunk",
+    "RSS MB", "RSS growth MB", "KB per stream", "gap p50 ms", "gap p99 ms", "gap max ms",
+    "TTFT p50 ms", "TTFT p99 ms", "errors", "streams per core (est.)", "core 1 busy %",
+    "core 1: upstream %", "core 1: load client %",
 )  # fmt: skip
 
 
 def growth_table(rows: list[Row]) -> str:
     chosen = sorted(
-        (r for r in rows if r.paced and r.target == "service"), key=lambda r: r.concurrency
+        (r for r in rows if r.paced), key=lambda r: (r.concurrency, r.target == "service")
     )
     body: list[list[str]] = []
     for row in chosen:
@@ -236,11 +245,14 @@ def growth_table(rows: list[Row]) -> str:
         per_core = 1e6 / (per_chunk * 1000 / PACED_GAP_MS) if per_chunk else None
         d["streams_per_core_est"] = per_core
         body.append([
-            str(row.concurrency), _f(d.get("chunks_per_s")), _f(d.get("service_cpu_pct"), 1),
+            str(row.concurrency), row.target, _f(d.get("chunks_per_s")),
+            _f(d.get("service_cpu_pct"), 1),
             _pct(d.get("service_kernel_share")),
             _f(d.get("cpu_us_per_chunk"), 1), _f(d.get("rss_mb"), 1), _f(grown, 1),
-            _f(d.get("rss_kb_per_stream")), _f(d.get("gap_p99_ms"), 1),
-            _f(d.get("ttft_p99_ms"), 1), errors, _f(per_core),
+            _f(d.get("rss_kb_per_stream")), _f(d.get("gap_p50_ms"), 1),
+            _f(d.get("gap_p99_ms"), 1), _f(d.get("gap_max_ms"), 1), _f(d.get("ttft_p50_ms"), 1),
+            _f(d.get("ttft_p99_ms"), 1), errors, _f(per_core), _f(d.get("load_core_pct")),
+            _f(d.get("upstream_cpu_pct")), _f(d.get("loadgen_cpu_pct")),
         ])  # fmt: skip
     return _table(GROWTH_COLUMNS, body) if body else ""
 
@@ -357,7 +369,8 @@ def profile_tables(profile: dict[str, Any] | None) -> str:
         return _f(pct * per_chunk / 100, 1) if per_chunk else "-"
 
     lines = [
-        f"py-spy on the service during stream c=64: {profile['samples']} samples, "
+        f"py-spy on the service during {profile.get('scenario', 'stream c=64')}: "
+        f"{profile['samples']} samples, "
         f"{_f(per_chunk, 1)} µs CPU per chunk under the profiler ({profile.get('file')})",
         "",
         _table(("stage", "% of samples", "≈ µs per chunk"),

@@ -85,7 +85,7 @@ class Bench:
         self.h = harness
         self.o = options
         self.rows: list[Row] = []
-        self.profile: dict[str, Any] | None = None
+        self.profiles: list[dict[str, Any]] = []
 
     # --- measuring one row -----------------------------------------------------------------
 
@@ -93,7 +93,9 @@ class Bench:
         self, url: str, concurrency: int, stream: bool, paced: bool, watch: dict[str, int],
         duration: float,
     ) -> list[str]:  # fmt: skip
-        argv = ["-m", "bench.loadgen", "--url", f"{url}/v1/chat/completions",
+        # Paced rows use the Protocol-based client: aiohttp's costs too much per lone chunk.
+        module = "bench.paced_load" if paced else "bench.loadgen"
+        argv = ["-m", module, "--url", f"{url}/v1/chat/completions",
                 "-c", str(concurrency), "--duration", str(duration),
                 "--warmup", str(self.o.warmup), "--max-tokens", str(TOKENS),
                 "--drain", str(self.o.drain), "--stream" if stream else "--no-stream"]  # fmt: skip
@@ -209,13 +211,13 @@ class Bench:
             )
             self.record(row, measure)
         if self.o.profile:
-            self.run_profile(svc_url, service, watch)
+            self.run_profile(svc_url, service, watch, "stream-64", 64, paced=False)
         self.h.stop(service)
 
     def run_paced(self, growth: bool, paced: bool) -> None:
-        print(f"fake upstream: {TOKENS} tokens, {PACED_DELAY_MS:.0f} ms apart, one per write",
-              file=sys.stderr)  # fmt: skip
-        upstream, up_url = self.h.start_upstream("upstream-paced", PACED_DELAY_MS, 1)
+        print(f"paced upstream (bench.paced_upstream): {TOKENS} tokens, {PACED_DELAY_MS:.0f} ms "
+              "apart; load client bench.paced_load", file=sys.stderr)  # fmt: skip
+        upstream, up_url = self.h.start_paced_upstream("upstream-paced", PACED_DELAY_MS)
         if paced and self.o.baseline:
             row = Row("paced-1000/upstream", "paced c=1000", "upstream alone", 1000, paced=True)
             watch = {"upstream": upstream.pid}
@@ -243,17 +245,23 @@ class Bench:
                 self.loadgen, svc_url, row.concurrency, True, True, watch, span
             )
             self.record(row, measure)
+        if self.o.profile and paced:
+            self.run_profile(svc_url, service, watch, "paced-1000", 1000, paced=True)
         self.h.stop(service)
         self.h.stop(upstream)
 
-    def run_profile(self, svc_url: str, service: Child, watch: dict[str, int]) -> None:
-        """stream c=64 once more, with py-spy sampling the service during the window."""
-        out = RESULTS / "profile-stream-64.txt"
+    def run_profile(
+        self, svc_url: str, service: Child, watch: dict[str, int], key: str, concurrency: int,
+        paced: bool,
+    ) -> None:  # fmt: skip
+        """A row once more, with py-spy sampling the service during the window."""
+        out = RESULTS / f"profile-{key}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.unlink(missing_ok=True)
-        print("  profile: stream c=64 under py-spy ...", file=sys.stderr, flush=True)
+        label = f"{'paced' if paced else 'stream'} c={concurrency}"
+        print(f"  profile: {label} under py-spy ...", file=sys.stderr, flush=True)
         pin = self.h.machine.pin(self.h.machine.load_cpu)
-        argv = self.loadgen_argv(svc_url, 64, True, False, watch, self.o.duration)
+        argv = self.loadgen_argv(svc_url, concurrency, True, paced, watch, self.o.duration)
         load = subprocess.Popen(
             [*pin, sys.executable, *argv], cwd=ROOT, env=self.h.env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -275,16 +283,18 @@ class Bench:
         if spy.returncode != 0 or not out.is_file():
             message = spy.stderr.decode(errors="replace").strip()[-500:]
             print(f"    py-spy failed: {message}", file=sys.stderr)
-            self.profile = {"error": message}
+            self.profiles.append({"scenario": label, "error": message})
             return
-        self.profile = summarize_profile(out.read_text(errors="replace"))
-        self.profile["file"] = str(out.relative_to(ROOT))
+        profile = summarize_profile(out.read_text(errors="replace"))
+        profile["scenario"] = label
+        profile["file"] = str(out.relative_to(ROOT))
         with contextlib.suppress(ValueError, IndexError):
             raw = json.loads(stdout.decode().strip().splitlines()[-1])
-            self.profile["chunks_per_s_under_profiler"] = raw.get("frames_per_s")
+            profile["chunks_per_s_under_profiler"] = raw.get("frames_per_s")
             cpu_s = (raw.get("cpu_s") or {}).get("service")
             if cpu_s and raw.get("frames"):
-                self.profile["cpu_us_per_chunk_under_profiler"] = cpu_s * 1e6 / raw["frames"]
+                profile["cpu_us_per_chunk_under_profiler"] = cpu_s * 1e6 / raw["frames"]
+        self.profiles.append(profile)
 
 
 # --- set-up ---------------------------------------------------------------------------------
@@ -403,7 +413,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--service-env", action="append", default=[], metavar="LLM_NAME=VALUE",
         help="extra service setting, e.g. LLM_UPSTREAM_CONNECTIONS=2048")  # fmt: skip
     add("--ref", help="benchmark llm_service of this git ref instead of the working tree")
-    add("--profile", action="store_true", help="also run py-spy on the service (stream c=64)")
+    add("--profile", action="store_true",
+        help="also run py-spy on the service (stream c=64; paced c=1000)")  # fmt: skip
     add("--py-spy", help="py-spy command (default: py-spy on PATH, else 'uvx py-spy')")
     add("--service-cpu", type=int, help="core of the system under test (default: first)")
     add("--load-cpu", type=int, help="core of the upstream and load (default: second)")
@@ -497,17 +508,18 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
     rows = median_rows(bench.rows) if bench is not None else []
-    profile = bench.profile if bench is not None else None
+    profiles = bench.profiles if bench is not None else []
     derive(rows, machine.service_cpu, machine.load_cpu)
     info["cpu_speed_after"] = cpu_speed(machine)
     info["elapsed_s"] = round(time.monotonic() - started, 1)
-    tables = [main_table(rows), growth_table(rows), profile_tables(profile)]
+    tables = [main_table(rows), growth_table(rows), *map(profile_tables, profiles)]
     print("\n\n".join(t for t in tables if t))
     result = {
         **info,
         "interrupted": interrupted,
         "rows": [row.as_json() for row in rows],
-        "profile": profile,
+        "profile": profiles[0] if profiles else None,
+        "profiles": profiles,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
