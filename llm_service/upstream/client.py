@@ -1,14 +1,16 @@
-"""The one way to talk to a model server: OpenAI-compatible chat completions over aiohttp.
+"""The one way to talk to a model server: OpenAI-compatible chat completions.
 
 ``stream_chat`` sends the request, parses the SSE reply with orjson and yields the parsed
 chunks of each network read as one batch, so that the consumer can write them in one send.
 The upstream response is closed the moment the consumer stops (client gone, error, end),
-so the model server stops generating for nobody.
+so the model server stops generating for nobody. Streams go over the lean transport in
+``wire.py`` (the per-token hot path); whole answers and small calls over aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -29,6 +31,15 @@ from llm_service.errors import (
     upstream_status_error,
 )
 from llm_service.upstream.auth import Auth
+from llm_service.upstream.wire import (
+    CertificateError,
+    ConnectFailed,
+    ConnectTimeout,
+    ReadTimeout,
+    StreamConnection,
+    StreamPool,
+    WireError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +129,7 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lazy: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._pools: dict[aiohttp.ClientSession, StreamPool] = {}  # streams, per session
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
     def __repr__(self) -> str:
@@ -128,12 +140,22 @@ class UpstreamClient:
         connector = aiohttp.TCPConnector(
             limit=self.connections, limit_per_host=self.connections, ssl=self.ssl
         )
-        return aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
         )
+        self._pools[session] = StreamPool(
+            ssl_context=self.ssl, connect_timeout=self.connect_timeout
+        )
+        return session
+
+    async def _close_session(self, session: aiohttp.ClientSession) -> None:
+        pool = self._pools.pop(session, None)
+        if pool is not None:
+            pool.close()
+        await session.close()
 
     async def start(self) -> None:
         """Open the shared connection pool on the running loop and start the auth's
@@ -148,7 +170,7 @@ class UpstreamClient:
         await self.auth.aclose()
         session, self._session = self._session, None
         if session is not None:
-            await session.close()
+            await self._close_session(session)
         keeper = self._keepers.get(asyncio.get_running_loop())
         if keeper is not None:
             await keeper.aclose()
@@ -182,7 +204,7 @@ class UpstreamClient:
         finally:
             self._lazy.pop(loop, None)
             self._keepers.pop(loop, None)
-            await session.close()
+            await self._close_session(session)
 
     # --- replicas ------------------------------------------------------------------------
 
@@ -315,15 +337,58 @@ class UpstreamClient:
             raise UpstreamError(f"model server sent no choices: {_message_of(result, body)}")
         return result
 
-    def _idle_from_now(self, resp: aiohttp.ClientResponse) -> None:
-        """Once a stream has started: fail a read after ``idle_timeout`` s of silence."""
-        connection = resp.connection
-        if self.idle_timeout and connection is not None and connection.protocol is not None:
-            connection.protocol.read_timeout = self.idle_timeout
-            connection.protocol.start_timeout()
+    async def _open_stream(
+        self,
+        session: aiohttp.ClientSession,
+        pool: StreamPool,
+        replica: Replica,
+        data: bytes,
+        extra_headers: Mapping[str, str] | None,
+    ) -> StreamConnection:
+        """Send a streamed request over the lean transport; returns once the head of a
+        successful answer has arrived. Errors map as in ``_request`` (a 401 refreshes the
+        credentials once and sends the request once more)."""
+        retried = False
+        while True:
+            headers = await self._headers(session)
+            if extra_headers:
+                headers.update(extra_headers)  # issue 8: X-Request-ID, traceparent
+            try:
+                conn = await pool.open(replica.chat_url, data, headers, total=self.total_timeout)
+            except ConnectTimeout:
+                raise ReplicaTimeout(
+                    f"timed out connecting to the model server "
+                    f"(LLM_CONNECT_TIMEOUT={self.connect_timeout:g} s)"
+                ) from None
+            except CertificateError as exc:
+                raise UpstreamError(
+                    f"model server's TLS certificate is not trusted ({exc}); "
+                    "set LLM_TLS_CA_BUNDLE to its CA (or LLM_TLS_SKIP_VERIFY=True)"
+                ) from None
+            except ConnectFailed as exc:
+                raise ReplicaUnavailable(f"model server unreachable: {exc.os_error}") from None
+            except ReadTimeout:
+                raise UpstreamTimeout(
+                    f"model server did not answer within "
+                    f"LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
+                ) from None
+            except WireError as exc:
+                raise ReplicaUnavailable(f"model server connection failed: {exc}") from None
+            if conn.status < 400:
+                return conn
+            try:
+                body = await conn.read_all()
+            except WireError:
+                body = b""
+            finally:
+                pool.release(conn)
+            if conn.status == 401 and not retried and await self.auth.refresh(session, headers):
+                retried = True
+                continue
+            raise _status_error(conn.status, body, conn.headers.get("retry-after"))
 
-    def _read_timeout_error(self, exc: TimeoutError) -> UpstreamTimeout:
-        if isinstance(exc, aiohttp.SocketTimeoutError):
+    def _read_timeout_error(self, exc: ReadTimeout) -> UpstreamTimeout:
+        if exc.idle:
             return UpstreamTimeout(
                 f"model server sent nothing for LLM_IDLE_TIMEOUT={self.idle_timeout:g} s"
             )
@@ -338,6 +403,7 @@ class UpstreamClient:
         data = orjson.dumps({**payload, "stream": True})
         tried: list[Replica] = []
         async with self.session() as session:
+            pool = self._pools[session]
             while (replica := self._pick(tried)) is not None:
                 tried.append(replica)
                 replica.in_flight += 1
@@ -346,20 +412,17 @@ class UpstreamClient:
                     # The first-chunk deadline covers connecting, auth and the wait for the
                     # first chunk; it is switched off before anything is yielded.
                     async with asyncio.timeout(self.first_token_timeout) as deadline:
-                        resp = await self._request(
-                            session, "POST", replica.chat_url, data, extra_headers=headers
-                        )
-                        finished = False
+                        conn = await self._open_stream(session, pool, replica, data, headers)
                         tail: list[Chunk] = []
                         try:
                             buffer = b""
-                            content = resp.content
+                            finished = False
                             while True:
                                 try:
-                                    data_in = await content.readany()
-                                except TimeoutError as exc:
+                                    data_in = await conn.read()
+                                except ReadTimeout as exc:
                                     raise self._read_timeout_error(exc) from None
-                                except aiohttp.ClientError as exc:
+                                except WireError as exc:
                                     raise ReplicaFailed(
                                         f"model server stream broke: {exc}"
                                     ) from None
@@ -398,33 +461,29 @@ class UpstreamClient:
                                     if first:
                                         first = False
                                         deadline.reschedule(None)
-                                        self._idle_from_now(resp)
+                                        conn.idle_timeout(self.idle_timeout)
                                     yield batch  # what came before a failure is still relayed
                                 if failure is not None:
                                     raise failure
                                 if finished:
                                     # Read the body's end too, so the connection goes back to
                                     # the pool for the next request instead of being closed.
-                                    try:
-                                        while await content.readany():
+                                    with contextlib.suppress(WireError):
+                                        while await conn.read():
                                             pass
-                                    except (aiohttp.ClientError, TimeoutError):
-                                        finished = False  # the answer is whole; drop the conn
                                     return
                             if any(
                                 c.get("choices") and c["choices"][0].get("finish_reason")
                                 for c in tail
                             ):
-                                finished = True  # no [DONE] but a finish reason: complete
-                                return
+                                return  # no [DONE] but a finish reason: complete
                             raise ReplicaFailed(
                                 "model server closed the stream before the answer ended"
                             )
                         finally:
-                            if finished:
-                                resp.release()
-                            else:
-                                resp.close()  # drop the connection: the server stops generating
+                            # Kept for the next request if the body was read to its end,
+                            # else closed: the model server stops generating at once.
+                            pool.release(conn)
                 except TimeoutError:  # only the first-chunk deadline ends up here
                     raise UpstreamTimeout(
                         "model server sent no first token within "

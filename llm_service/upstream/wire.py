@@ -1,0 +1,386 @@
+"""A lean HTTP/1.1 transport for streamed answers: the per-token hot path.
+
+A streamed answer is one POST followed by many small reads, one per token when the model
+server paces them. aiohttp's client pays ≈ 13 µs of Python per read for its StreamReader,
+timer contexts, chunk bookkeeping and wake-ups (py-spy, paced c=1000, docs/performance.md).
+This module does only what a streamed answer needs, at a fraction of that: an
+``asyncio.Protocol`` per kept-alive connection, the response parsed by ``httptools`` (the C
+parser uvicorn uses), one future set per network read, and timers armed per request, not
+per read. Whole answers, ``/v1/models`` and token requests keep using aiohttp.
+
+``StreamPool.open`` sends a request and returns a ``StreamConnection`` whose head (status,
+headers) has arrived; ``read`` then returns the body bytes that arrived since the last call
+(``b""`` at the end). ``StreamPool.release`` puts a connection back for the next request if
+its response was read to the end, and closes it otherwise: closing is how the model server
+learns that nobody is listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+Origin = tuple[str, str, int]  # scheme, host, port
+_HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket pauses
+_MAX_IDLE_PER_HOST = 1024
+
+
+class WireError(Exception):
+    """The connection failed: refused, reset, closed early, or sent what is not HTTP."""
+
+
+class ConnectFailed(WireError):
+    """No connection could be made (refused, DNS, unreachable); ``os_error`` says why."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(str(os_error))
+        self.os_error = os_error
+
+
+class CertificateError(WireError):
+    """The server's TLS certificate is not trusted."""
+
+    def __init__(self, error: ssl.SSLCertVerificationError) -> None:
+        super().__init__(error.verify_message or str(error))
+
+
+class ConnectTimeout(WireError):
+    """Connecting took longer than the connect timeout."""
+
+
+class ReadTimeout(WireError):
+    """Nothing arrived for the idle timeout (``idle=True``), or the request ran out of time."""
+
+    def __init__(self, message: str, *, idle: bool) -> None:
+        super().__init__(message)
+        self.idle = idle
+
+
+class StreamConnection(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection; one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
+        self.loop = loop
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.head_done = False
+        self.complete = False  # the whole response body has arrived
+        self.closed = False
+        self.keep_alive = False
+        self.error: WireError | None = None
+        self.received = False  # any byte of the current response
+        self._data: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle: float | None = None
+        self._last_data = 0.0
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self._idle is not None:
+            self._last_data = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(WireError(f"the model server sent bad HTTP: {exc}"))
+            return
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: half-closed connections are not reused
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timers()
+        if not self.complete and self.error is None:
+            if self.head_done and self._until_close():
+                self.complete = True  # a body without length or chunks ends with the connection
+            elif exc is not None:
+                self.error = WireError(f"connection lost: {exc}")
+            else:
+                where = "before the body ended" if self.head_done else "before answering"
+                self.error = WireError(f"the model server closed the connection {where}")
+        self._wake()
+
+    def pause_writing(self) -> None:  # the request is written in one go; nothing to pause
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # --- httptools callbacks ---------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._data.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # --- the request -------------------------------------------------------------------
+
+    def send(self, request: bytes, total: float | None) -> None:
+        """Write a whole request; ``total`` seconds later the response is cut off."""
+        assert self.transport is not None
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers = {}
+        self.head_done = self.complete = self.received = False
+        self.error = None
+        self._idle = None
+        if total is not None:
+            self._timers.append(self.loop.call_later(total, self._total_expired, total))
+        self.transport.write(request)
+
+    async def read_head(self) -> None:
+        """Wait for the status line and headers."""
+        while not self.head_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last call; ``b""`` once the body has ended."""
+        while True:
+            data = self._data
+            if data:
+                out = data[0] if len(data) == 1 else b"".join(data)
+                data.clear()
+                self._buffered = 0
+                if self._paused and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return out
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            await self._wait()
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while chunk := await self.read():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def idle_timeout(self, seconds: float | None) -> None:
+        """From now on, fail a read after ``seconds`` without any data (one timer, re-armed
+        only when it fires, so nothing is rescheduled per read)."""
+        if seconds:
+            self._idle = seconds
+            self._last_data = self.loop.time()
+            self._timers.append(self.loop.call_later(seconds, self._check_idle))
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and self.error is None
+
+    def close(self) -> None:
+        self._cancel_timers()
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    def finish(self) -> None:
+        """The request is over (kept or closed by the pool): its timers go."""
+        self._cancel_timers()
+        self._idle = None
+
+    # --- internals ---------------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: WireError) -> None:
+        if self.error is None:
+            self.error = error
+        if self.transport is not None:
+            self.transport.close()
+        self._wake()
+
+    def _until_close(self) -> bool:
+        headers = self.headers
+        return "content-length" not in headers and "chunked" not in headers.get(
+            "transfer-encoding", ""
+        )
+
+    def _total_expired(self, seconds: float) -> None:
+        if not self.complete:
+            self._fail(ReadTimeout(f"no whole answer within {seconds:g} s", idle=False))
+
+    def _check_idle(self) -> None:
+        idle = self._idle
+        if idle is None or self.complete or self.closed:
+            return
+        silent = self.loop.time() - self._last_data
+        if silent >= idle:
+            self._fail(ReadTimeout(f"nothing for {idle:g} s", idle=True))
+        else:
+            self._timers.append(self.loop.call_later(idle - silent, self._check_idle))
+
+    def _cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+
+class StreamPool:
+    """Kept-alive ``StreamConnection``s per origin, for one event loop."""
+
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | bool, connect_timeout: float | None
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        if ssl_context is True:
+            ssl_context = ssl.create_default_context()
+        elif ssl_context is False:
+            ssl_context = ssl.create_default_context()
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
+        self.ssl_context = ssl_context
+        self._idle: dict[Origin, list[StreamConnection]] = {}
+        self._targets: dict[str, tuple[Origin, bytes, bytes]] = {}
+        self.closed = False
+
+    def _target(self, url: str) -> tuple[Origin, bytes, bytes]:
+        """(origin, request path, Host header) of a URL, parsed once per URL."""
+        target = self._targets.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            scheme = parts.scheme or "http"
+            host = parts.hostname or "localhost"
+            port = parts.port or (443 if scheme == "https" else 80)
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            target = self._targets[url] = (
+                (scheme, host, port),
+                path.encode("latin-1"),
+                parts.netloc.rpartition("@")[2].encode("latin-1"),
+            )
+        return target
+
+    async def open(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        total: float | None,
+    ) -> StreamConnection:
+        """POST ``body`` to ``url``; returns once the response's head has arrived.
+
+        A kept-alive connection that turns out to be closed by the server before it answers
+        is replaced by a new one once (the request never reached the model)."""
+        origin, path, host = self._target(url)
+        request = _request_head(path, host, headers, len(body)) + body
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            conn.send(request, total)
+            try:
+                await conn.read_head()
+            except WireError as exc:
+                conn.close()
+                if conn.received or isinstance(exc, ReadTimeout):
+                    raise
+                break  # a stale kept-alive connection: one new connection below
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        conn = await self._connect(origin)
+        conn.send(request, total)
+        try:
+            await conn.read_head()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def release(self, conn: StreamConnection) -> None:
+        conn.finish()
+        if conn.reusable and not self.closed:
+            idle = self._idle.setdefault(conn.origin, [])
+            if len(idle) < _MAX_IDLE_PER_HOST:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    async def _connect(self, origin: Origin) -> StreamConnection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls = self.ssl_context if scheme == "https" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: StreamConnection(loop, origin),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                )
+        except TimeoutError:
+            raise ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateError(exc) from None
+        except OSError as exc:
+            raise ConnectFailed(exc) from None
+        return conn
+
+
+def _request_head(path: bytes, host: bytes, headers: Mapping[str, str], length: int) -> bytes:
+    lines = [b"POST ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Length: ",
+             str(length).encode(), b"\r\n"]  # fmt: skip
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} holds a line break")
+        lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
