@@ -1,0 +1,250 @@
+"""The lean streaming transport (``llm_service/upstream/wire.py``) against real sockets.
+
+Each test runs a small HTTP server on 127.0.0.1 (``asyncio.start_server``) that answers
+with exact bytes, so the quirks a real model server shows only sometimes happen on cue:
+kept-alive connections closed while idle, bodies that end with the connection, streams cut
+short, bytes that are not HTTP, silence, and a client that reads slower than the server
+writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from llm_service.upstream.wire import (
+    ConnectFailed,
+    ReadTimeout,
+    StreamPool,
+    WireError,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One whole request (head and Content-Length body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+class Server:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.url = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serve(handler: Callable[[Server], Handler]) -> AsyncIterator[Server]:
+    server = Server(lambda r, w: asyncio.sleep(0))
+    server.handler = handler(server)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    server.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        yield server
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+@asynccontextmanager
+async def pool() -> AsyncIterator[StreamPool]:
+    p = StreamPool(ssl_context=True, connect_timeout=2.0)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def keep_alive_sse(server: Server, *, close_after: int | None = None) -> Handler:
+    """Answers every request on the connection with a 3-event SSE stream (chunked)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        while True:
+            server.requests.append(await read_request(reader))
+            writer.write(SSE_HEAD)
+            for i in range(3):
+                writer.write(chunk(b'data: {"n":%d}\n\n' % i))
+                await writer.drain()
+            writer.write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+            served += 1
+            if close_after is not None and served >= close_after:
+                return  # the connection closes while the client keeps it as idle
+
+    return handler
+
+
+async def body_of(p: StreamPool, url: str, **headers: str) -> bytes:
+    conn = await p.open(url, b'{"stream":true}', headers, total=5.0)
+    try:
+        assert conn.status == 200
+        return await conn.read_all()
+    finally:
+        p.release(conn)
+
+
+async def test_stream_is_read_whole_and_the_connection_reused() -> None:
+    async with serve(keep_alive_sse) as server, pool() as p:
+        first = await body_of(p, server.url, Authorization="Bearer k")
+        second = await body_of(p, server.url)
+    assert first == second
+    assert first.count(b"data: ") == 4 and first.endswith(b"data: [DONE]\n\n")
+    assert server.connections == 1  # kept alive: the second request took the same one
+    request = server.requests[0]
+    assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer k\r\n" in request
+    assert request.endswith(b'\r\n\r\n{"stream":true}')
+
+
+async def test_a_kept_alive_connection_closed_by_the_server_is_replaced() -> None:
+    async with (
+        serve(lambda s: keep_alive_sse(s, close_after=1)) as server,
+        pool() as p,
+    ):
+        await body_of(p, server.url)
+        await asyncio.sleep(0.05)  # the server has closed the idle connection by now
+        body = await body_of(p, server.url)
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert server.connections == 2
+
+
+async def test_a_body_without_length_ends_with_the_connection() -> None:
+    def until_close(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+            writer.write(b"data: {}\n\ndata: [DONE]\n\n")
+            await writer.drain()
+
+        return handler
+
+    async with serve(until_close) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+        assert await conn.read_all() == b"data: {}\n\ndata: [DONE]\n\n"
+        assert not conn.reusable
+        p.release(conn)
+
+
+async def test_a_stream_cut_short_is_an_error_not_an_end() -> None:
+    def cut(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"data: {}\n\n"))
+            await writer.drain()
+
+        return handler
+
+    async with serve(cut) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+        assert await conn.read() == b"data: {}\n\n"
+        with pytest.raises(WireError, match="before the body ended"):
+            await conn.read()
+        p.release(conn)
+
+
+async def test_bytes_that_are_not_http_are_an_error() -> None:
+    def garbage(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(1)
+
+        return handler
+
+    async with serve(garbage) as server, pool() as p:
+        with pytest.raises(WireError, match="bad HTTP"):
+            await p.open(server.url, b"{}", {}, total=5.0)
+
+
+async def test_silence_after_the_head_is_an_idle_timeout_then_a_total_one() -> None:
+    def stall(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"data: {}\n\n"))
+            await writer.drain()
+            await asyncio.sleep(5)
+
+        return handler
+
+    async with serve(stall) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+        conn.idle_timeout(0.2)
+        assert await conn.read() == b"data: {}\n\n"
+        with pytest.raises(ReadTimeout) as idle:
+            await conn.read()
+        assert idle.value.idle
+        p.release(conn)
+
+        conn = await p.open(server.url, b"{}", {}, total=0.3)
+        await conn.read()
+        with pytest.raises(ReadTimeout) as total:
+            await conn.read()
+        assert not total.value.idle
+        p.release(conn)
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
+    piece = b"data: " + b"x" * 1000 + b"\n\n"
+    count = 2000  # about 2 MB, written as fast as the socket takes it
+
+    def flood(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD)
+            for _ in range(count):
+                writer.write(chunk(piece))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+        return handler
+
+    async with serve(flood) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=10.0)
+        await asyncio.sleep(0.3)  # the server writes; nobody reads
+        assert conn._paused and conn._buffered < 2 * 1024 * 1024
+        body = await conn.read_all()
+        assert body == piece * count
+        assert conn.reusable
+        p.release(conn)
+
+
+async def test_refused_connection_and_header_injection() -> None:
+    async with serve(keep_alive_sse) as server:
+        url = server.url
+    async with pool() as p:
+        with pytest.raises(ConnectFailed):
+            await p.open(url, b"{}", {}, total=1.0)  # nobody listens there any more
+        with pytest.raises(ValueError, match="line break"):
+            await p.open(url, b"{}", {"X-Request-ID": "a\r\nEvil: 1"}, total=1.0)
