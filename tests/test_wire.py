@@ -248,3 +248,21 @@ async def test_refused_connection_and_header_injection() -> None:
             await p.open(url, b"{}", {}, total=1.0)  # nobody listens there any more
         with pytest.raises(ValueError, match="line break"):
             await p.open(url, b"{}", {"X-Request-ID": "a\r\nEvil: 1"}, total=1.0)
+
+
+async def test_requests_past_the_limit_wait_for_a_connection() -> None:
+    async with serve(keep_alive_sse) as server:
+        p = StreamPool(ssl_context=True, connect_timeout=2.0, limit=1)
+        try:
+            first = await p.open(server.url, b"{}", {}, total=5.0)
+            second = asyncio.create_task(p.open(server.url, b"{}", {}, total=5.0))
+            await asyncio.sleep(0.1)
+            assert not second.done()  # waits: the one connection is in use
+            await first.read_all()
+            p.release(first)
+            conn = await asyncio.wait_for(second, 2.0)
+            await conn.read_all()
+            p.release(conn)
+        finally:
+            p.close()
+    assert server.connections == 1  # the waiting request took the released connection

@@ -147,7 +147,7 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
         )
         self._pools[session] = StreamPool(
-            ssl_context=self.ssl, connect_timeout=self.connect_timeout
+            ssl_context=self.ssl, connect_timeout=self.connect_timeout, limit=self.connections
         )
         return session
 

@@ -264,12 +264,20 @@ class StreamConnection(asyncio.Protocol):
 
 
 class StreamPool:
-    """Kept-alive ``StreamConnection``s per origin, for one event loop."""
+    """Kept-alive ``StreamConnection``s per origin, for one event loop.
+
+    At most ``limit`` connections carry a request at once; further requests wait for one to
+    be released (``LLM_UPSTREAM_CONNECTIONS``)."""
 
     def __init__(
-        self, *, ssl_context: ssl.SSLContext | bool, connect_timeout: float | None
+        self,
+        *,
+        ssl_context: ssl.SSLContext | bool,
+        connect_timeout: float | None,
+        limit: int = 2048,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self._slots = asyncio.Semaphore(limit)
         if ssl_context is True:
             ssl_context = ssl.create_default_context()
         elif ssl_context is False:
@@ -311,6 +319,14 @@ class StreamPool:
         is replaced by a new one once (the request never reached the model)."""
         origin, path, host = self._target(url)
         request = _request_head(path, host, headers, len(body)) + body
+        await self._slots.acquire()
+        try:
+            return await self._open(origin, request, total)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _open(self, origin: Origin, request: bytes, total: float | None) -> StreamConnection:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -338,6 +354,8 @@ class StreamPool:
         return conn
 
     def release(self, conn: StreamConnection) -> None:
+        """Give back a connection that ``open`` returned (exactly once)."""
+        self._slots.release()
         conn.finish()
         if conn.reusable and not self.closed:
             idle = self._idle.setdefault(conn.origin, [])

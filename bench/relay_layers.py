@@ -1,0 +1,85 @@
+"""What the Python layers of one relayed chunk cost without sockets.
+
+One chunk per "network read" (a future woken by the loop, as a paced upstream does), then
+three ways to handle it, each timed over 200,000 chunks on uvloop::
+
+    base     the wake-up alone
+    flat     wake-up, split the SSE lines, orjson.loads, encode the content frame, inline
+    layered  the same through the service's layers: an async generator of parsed batches
+             (like ``UpstreamClient.stream_chat``) feeding ``relay_upstream``
+
+    taskset -c 0 uv run --no-sync python -m bench.relay_layers
+
+Prints µs of CPU per chunk for each. Read with docs/performance.md ("2026-12-01").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import orjson
+import uvloop
+
+from llm_service.streaming import Answer, OpenAIChunkEncoder, relay_upstream
+
+CHUNK = (
+    b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":" tok"},"finish_reason":null}]}\n\n'
+)
+N = 200_000
+
+
+class Source:
+    """One chunk per read, each after a loop wake-up."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    async def read(self) -> bytes:
+        waiter = self.loop.create_future()
+        self.loop.call_soon(waiter.set_result, None)
+        await waiter
+        return CHUNK
+
+
+async def batches(source: Source) -> AsyncIterator[list[dict[str, Any]]]:
+    for _ in range(N):
+        data = await source.read()
+        yield [orjson.loads(line[5:].strip()) for line in data.split(b"\n") if line[:5] == b"data:"]
+
+
+async def base() -> None:
+    source = Source()
+    for _ in range(N):
+        await source.read()
+
+
+async def flat() -> None:
+    source, content = Source(), OpenAIChunkEncoder("m").content
+    for _ in range(N):
+        for line in (await source.read()).split(b"\n"):
+            if line[:5] == b"data:":
+                text = orjson.loads(line[5:].strip())["choices"][0]["delta"].get("content")
+                if text:
+                    content(text)
+
+
+async def layered() -> None:
+    frames = relay_upstream(batches(Source()), OpenAIChunkEncoder("m"), Answer(), lambda _: None)
+    async for _ in frames:
+        pass
+
+
+def main() -> None:
+    runs: list[Callable[[], Coroutine[Any, Any, None]]] = [base, flat, layered]
+    for run in runs * 2:
+        start = time.process_time()
+        uvloop.run(run())
+        print(f"{run.__name__:8} {(time.process_time() - start) / N * 1e6:5.2f} µs per chunk")
+
+
+if __name__ == "__main__":
+    main()
