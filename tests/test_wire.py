@@ -266,3 +266,77 @@ async def test_requests_past_the_limit_wait_for_a_connection() -> None:
         finally:
             p.close()
     assert server.connections == 1  # the waiting request took the released connection
+
+
+async def test_a_connection_with_unread_bytes_is_not_reused() -> None:
+    """The consumer stopped after the first piece while the rest (and the end) had already
+    arrived: that connection is closed, and the next answer is only its own."""
+
+    def two_parts(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                writer.write(SSE_HEAD + chunk(b'data: {"n":0}\n\n'))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                for i in (1, 2):
+                    writer.write(chunk(b'data: {"n":%d}\n\n' % i))
+                writer.write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                await writer.drain()
+
+        return handler
+
+    async with serve(two_parts) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+        assert await conn.read() == b'data: {"n":0}\n\n'
+        await asyncio.sleep(0.2)  # the rest of the body arrives and is never read
+        assert conn.complete
+        p.release(conn)
+        body = await body_of(p, server.url)
+    assert body.count(b"data: ") == 4 and body.startswith(b'data: {"n":0}')
+    assert server.connections == 2
+
+
+async def test_a_slow_consumer_is_not_an_idle_upstream() -> None:
+    """While reading is paused because nobody reads, the idle clock does not run."""
+    piece = b"data: " + b"y" * 1000 + b"\n\n"
+
+    def flood(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD)
+            for _ in range(2000):
+                writer.write(chunk(piece))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+        return handler
+
+    async with serve(flood) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=10.0)
+        conn.idle_timeout(0.2)
+        await asyncio.sleep(0.7)  # three idle periods without reading: paused, not silent
+        assert conn._paused
+        assert await conn.read_all() == piece * 2000
+        p.release(conn)
+
+
+async def test_informational_responses_are_skipped() -> None:
+    def early_hints(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
+                writer.write(SSE_HEAD + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                await writer.drain()
+
+        return handler
+
+    async with serve(early_hints) as server, pool() as p:
+        for _ in range(2):
+            conn = await p.open(server.url, b"{}", {}, total=5.0)
+            assert conn.status == 200 and "link" not in conn.headers
+            assert await conn.read_all() == b"data: [DONE]\n\n"
+            p.release(conn)
+    assert server.connections == 1

@@ -77,13 +77,16 @@ class StreamConnection(asyncio.Protocol):
         self.keep_alive = False
         self.error: WireError | None = None
         self.received = False  # any byte of the current response
+        self._active = False  # a request is in flight (bytes outside one close the connection)
+        self._informational = False  # parsing a 1xx response, skipped like aiohttp does
         self._data: list[bytes] = []
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._idle: float | None = None
         self._last_data = 0.0
-        self._timers: list[asyncio.TimerHandle] = []
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._total_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -91,6 +94,9 @@ class StreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self._active:
+            self.close()  # bytes on an idle connection: nothing can be trusted on it
+            return
         self.received = True
         if self._idle is not None:
             self._last_data = self.loop.time()
@@ -111,8 +117,8 @@ class StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timers()
-        if not self.complete and self.error is None:
-            if self.head_done and self._until_close():
+        if self._active and not self.complete and self.error is None:
+            if exc is None and self.head_done and self._until_close():
                 self.complete = True  # a body without length or chunks ends with the connection
             elif exc is not None:
                 self.error = WireError(f"connection lost: {exc}")
@@ -130,10 +136,15 @@ class StreamConnection(asyncio.Protocol):
     # --- httptools callbacks ---------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if not self._informational:
+            self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self._informational = True  # 100 Continue, 103 Early Hints: the answer follows
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.head_done = True
 
@@ -145,6 +156,10 @@ class StreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            self.headers = {}
+            return
         self.complete = True
 
     # --- the request -------------------------------------------------------------------
@@ -155,11 +170,14 @@ class StreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers = {}
-        self.head_done = self.complete = self.received = False
+        self.head_done = self.complete = self.received = self._informational = False
         self.error = None
+        self._data = []
+        self._buffered = 0
         self._idle = None
+        self._active = True
         if total is not None:
-            self._timers.append(self.loop.call_later(total, self._total_expired, total))
+            self._total_timer = self.loop.call_later(total, self._total_expired, total)
         self.transport.write(request)
 
     async def read_head(self) -> None:
@@ -179,6 +197,7 @@ class StreamConnection(asyncio.Protocol):
                 self._buffered = 0
                 if self._paused and self.transport is not None:
                     self._paused = False
+                    self._last_data = self.loop.time()  # the idle clock restarts with reading
                     self.transport.resume_reading()
                 return out
             if self.error is not None:
@@ -195,15 +214,24 @@ class StreamConnection(asyncio.Protocol):
 
     def idle_timeout(self, seconds: float | None) -> None:
         """From now on, fail a read after ``seconds`` without any data (one timer, re-armed
-        only when it fires, so nothing is rescheduled per read)."""
+        only when it fires, so nothing is rescheduled per read). Time spent paused because
+        the consumer reads slowly does not count."""
         if seconds:
             self._idle = seconds
             self._last_data = self.loop.time()
-            self._timers.append(self.loop.call_later(seconds, self._check_idle))
+            self._idle_timer = self.loop.call_later(seconds, self._check_idle)
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and self.error is None
+        """Whole answer read, nothing left over, keep-alive, healthy."""
+        return (
+            self.complete
+            and self.keep_alive
+            and not self.closed
+            and self.error is None
+            and not self._data
+            and not self._paused
+        )
 
     def close(self) -> None:
         self._cancel_timers()
@@ -215,6 +243,7 @@ class StreamConnection(asyncio.Protocol):
         """The request is over (kept or closed by the pool): its timers go."""
         self._cancel_timers()
         self._idle = None
+        self._active = False
 
     # --- internals ---------------------------------------------------------------------
 
@@ -244,23 +273,31 @@ class StreamConnection(asyncio.Protocol):
         )
 
     def _total_expired(self, seconds: float) -> None:
+        self._total_timer = None
         if not self.complete:
             self._fail(ReadTimeout(f"no whole answer within {seconds:g} s", idle=False))
 
     def _check_idle(self) -> None:
+        self._idle_timer = None
         idle = self._idle
         if idle is None or self.complete or self.closed:
             return
-        silent = self.loop.time() - self._last_data
+        now = self.loop.time()
+        if self._paused:  # we are not reading (slow consumer): silence is ours, not theirs
+            self._last_data = now
+        silent = now - self._last_data
         if silent >= idle:
             self._fail(ReadTimeout(f"nothing for {idle:g} s", idle=True))
         else:
-            self._timers.append(self.loop.call_later(idle - silent, self._check_idle))
+            self._idle_timer = self.loop.call_later(idle - silent, self._check_idle)
 
     def _cancel_timers(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._total_timer is not None:
+            self._total_timer.cancel()
+            self._total_timer = None
 
 
 class StreamPool:
