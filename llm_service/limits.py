@@ -86,7 +86,7 @@ class ClientWatch:
         self.gone = False
         self._active = True
         self._request = asyncio.current_task()
-        self._watcher = asyncio.create_task(self._watch(receive))
+        self._watcher: asyncio.Task[None] | None = asyncio.create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         try:
@@ -99,8 +99,15 @@ class ClientWatch:
             self._request.cancel()
 
     def finish(self) -> None:
+        """The response is complete (or abandoned): stop watching. The references to both
+        tasks are dropped, so that the cancelled watcher (its CancelledError holds its frame,
+        which holds this object) forms no reference cycle: per request, nothing is left for
+        the cyclic garbage collector, whose pauses delay every stream (docs/performance.md)."""
         self._active = False
-        self._watcher.cancel()
+        watcher, self._watcher = self._watcher, None
+        self._request = None
+        if watcher is not None:
+            watcher.cancel()
 
 
 def check_input(request: ChatRequest, settings: Settings) -> None:
