@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_service import __version__
 from llm_service.api import health, langserve, metrics, opea
@@ -99,7 +100,7 @@ def create_app(
                 await embedded.stop()
             observability.shutdown()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="LLM microservice",
         version=__version__,
         description="Builds RAG prompts and relays answers from an LLM server, "
@@ -127,8 +128,7 @@ def create_app(
 
     def observed_stack() -> Any:
         # Request ids, metrics and access lines for every route; the chat route does its own.
-        stack = ObservedRoutes(build_stack(), observability, skip=opea.PATH)
-        return opea.HotPath(stack, lambda: app.state.service) if hot_path else stack
+        return ObservedRoutes(build_stack(), observability, skip=opea.PATH)
 
     app.build_middleware_stack = observed_stack  # type: ignore[method-assign]
     if settings.inbound_keys:  # LLM_API_KEYS: bearer keys in front of everything but health
@@ -136,7 +136,34 @@ def create_app(
         app.build_middleware_stack = lambda: InboundAuth(  # type: ignore[method-assign]
             build_inner(), settings.inbound_keys
         )
+    if hot_path:
+
+        def chat(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+            return opea.handle_chat(app.state.service, scope, receive, send)
+
+        app.hot = InboundAuth(chat, settings.inbound_keys) if settings.inbound_keys else chat
     return app
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the chat route's hot path in front of it: ``POST /v1/chat/completions``
+    goes straight to ``opea.handle_chat`` (behind the API-key check when keys are set),
+    without FastAPI's and Starlette's ``__call__`` and the middleware stack. Every relayed
+    token resumes the request's whole await chain, so each level left out counts."""
+
+    hot: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.hot
+        if (
+            hot is not None
+            and scope["type"] == "http"
+            and scope["path"] == opea.PATH
+            and scope["method"] == "POST"
+        ):
+            await hot(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _embedded_state(settings: Settings, embedded: EmbeddedServer | None) -> str:

@@ -3,8 +3,8 @@
 The handler is a plain ASGI function (``handle_chat``): it reads the body bytes, parses them
 straight into ``ChatRequest`` with pydantic-core, and writes pre-encoded SSE frames with one
 ASGI send per upstream read. The FastAPI route below declares it (OpenAPI, docs) and runs
-it; ``HotPath`` runs the same function ahead of the middleware stack, which would otherwise
-wrap every per-chunk send in several layers of Starlette/FastAPI middleware.
+it; ``app.ServiceApp`` runs the same function in front of FastAPI itself, which would
+otherwise wrap every per-chunk send in several layers of Starlette/FastAPI middleware.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.limits import ClientWatch, shutting_down
@@ -277,18 +277,3 @@ class _ASGIResponse(Response):
 async def chat_completions(request: Request) -> Response:
     service: ChatService = request.app.state.service
     return _ASGIResponse(lambda scope, receive, send: handle_chat(service, scope, receive, send))
-
-
-class HotPath:
-    """ASGI app in front of the middleware stack: ``POST /v1/chat/completions`` goes
-    straight to ``handle_chat``; everything else (and lifespan) to ``app``."""
-
-    def __init__(self, app: ASGIApp, service: Callable[[], ChatService]) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
-            await handle_chat(self.service(), scope, receive, send)
-        else:
-            await self.app(scope, receive, send)

@@ -185,7 +185,8 @@ class StreamConnection(asyncio.Protocol):
         while not self.head_done:
             if self.error is not None:
                 raise self.error
-            await self._wait()
+            self._waiter = waiter = self.loop.create_future()
+            await waiter  # data_received or connection_lost sets it (a cancelled one is skipped)
 
     async def read(self) -> bytes:
         """The body bytes that arrived since the last call; ``b""`` once the body has ended."""
@@ -204,7 +205,9 @@ class StreamConnection(asyncio.Protocol):
                 raise self.error
             if self.complete:
                 return b""
-            await self._wait()
+            # Waited on here, not in a helper: one frame less to resume per token.
+            self._waiter = waiter = self.loop.create_future()
+            await waiter
 
     async def read_all(self) -> bytes:
         parts = []
@@ -246,13 +249,6 @@ class StreamConnection(asyncio.Protocol):
         self._active = False
 
     # --- internals ---------------------------------------------------------------------
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter
