@@ -104,6 +104,25 @@ def keep_alive_sse(server: Server, *, close_after: int | None = None) -> Handler
     return handler
 
 
+def flood(piece: bytes, count: int) -> Callable[[Server], Handler]:
+    """Answers one request with ``count`` chunks of ``piece``, written as fast as the socket
+    takes them."""
+
+    def make(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD)
+            for _ in range(count):
+                writer.write(chunk(piece))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+        return handler
+
+    return make
+
+
 async def body_of(p: StreamPool, url: str, **headers: str) -> bytes:
     conn = await p.open(url, b'{"stream":true}', headers, total=5.0)
     try:
@@ -218,19 +237,7 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
     piece = b"data: " + b"x" * 1000 + b"\n\n"
     count = 2000  # about 2 MB, written as fast as the socket takes it
 
-    def flood(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(SSE_HEAD)
-            for _ in range(count):
-                writer.write(chunk(piece))
-                await writer.drain()
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-
-        return handler
-
-    async with serve(flood) as server, pool() as p:
+    async with serve(flood(piece, count)) as server, pool() as p:
         conn = await p.open(server.url, b"{}", {}, total=10.0)
         await asyncio.sleep(0.3)  # the server writes; nobody reads
         assert conn._paused and conn._buffered < 2 * 1024 * 1024
@@ -301,19 +308,7 @@ async def test_a_slow_consumer_is_not_an_idle_upstream() -> None:
     """While reading is paused because nobody reads, the idle clock does not run."""
     piece = b"data: " + b"y" * 1000 + b"\n\n"
 
-    def flood(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(SSE_HEAD)
-            for _ in range(2000):
-                writer.write(chunk(piece))
-                await writer.drain()
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-
-        return handler
-
-    async with serve(flood) as server, pool() as p:
+    async with serve(flood(piece, 2000)) as server, pool() as p:
         conn = await p.open(server.url, b"{}", {}, total=10.0)
         conn.idle_timeout(0.2)
         await asyncio.sleep(0.7)  # three idle periods without reading: paused, not silent

@@ -239,10 +239,27 @@ class UpstreamClient:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def _headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+    async def _headers(
+        self, session: aiohttp.ClientSession, extra: Mapping[str, str] | None
+    ) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         headers.update(await self.auth.headers(session))
+        if extra:
+            headers.update(extra)  # issue 8: X-Request-ID, traceparent
         return headers
+
+    def _connect_timeout_error(self) -> ReplicaTimeout:
+        return ReplicaTimeout(
+            f"timed out connecting to the model server "
+            f"(LLM_CONNECT_TIMEOUT={self.connect_timeout:g} s)"
+        )
+
+    @staticmethod
+    def _untrusted_error(detail: object) -> UpstreamError:
+        return UpstreamError(
+            f"model server's TLS certificate is not trusted ({detail}); "
+            "set LLM_TLS_CA_BUNDLE to its CA (or LLM_TLS_SKIP_VERIFY=True)"
+        )
 
     async def _request(
         self,
@@ -256,18 +273,13 @@ class UpstreamClient:
         """Send one request; a 401 refreshes the credentials once and sends it once more."""
         retried = False
         while True:
-            headers = await self._headers(session)
-            if extra_headers:
-                headers.update(extra_headers)  # issue 8: X-Request-ID, traceparent
+            headers = await self._headers(session, extra_headers)
             try:
                 resp = await session.request(
                     method, url, data=data, headers=headers, timeout=limits or self.timeout
                 )
             except aiohttp.ConnectionTimeoutError:
-                raise ReplicaTimeout(
-                    f"timed out connecting to the model server "
-                    f"(LLM_CONNECT_TIMEOUT={self.connect_timeout:g} s)"
-                ) from None
+                raise self._connect_timeout_error() from None
             except TimeoutError:
                 limit = (
                     f"{limits.total:g} s"
@@ -276,10 +288,7 @@ class UpstreamClient:
                 )
                 raise UpstreamTimeout(f"model server did not answer within {limit}") from None
             except aiohttp.ClientConnectorCertificateError as exc:
-                raise UpstreamError(
-                    f"model server's TLS certificate is not trusted ({exc.certificate_error}); "
-                    "set LLM_TLS_CA_BUNDLE to its CA (or LLM_TLS_SKIP_VERIFY=True)"
-                ) from None
+                raise self._untrusted_error(exc.certificate_error) from None
             except aiohttp.ClientConnectorError as exc:
                 raise ReplicaUnavailable(f"model server unreachable: {exc.os_error}") from None
             except aiohttp.ClientError as exc:
@@ -350,21 +359,13 @@ class UpstreamClient:
         credentials once and sends the request once more)."""
         retried = False
         while True:
-            headers = await self._headers(session)
-            if extra_headers:
-                headers.update(extra_headers)  # issue 8: X-Request-ID, traceparent
+            headers = await self._headers(session, extra_headers)
             try:
                 conn = await pool.open(replica.chat_url, data, headers, total=self.total_timeout)
             except ConnectTimeout:
-                raise ReplicaTimeout(
-                    f"timed out connecting to the model server "
-                    f"(LLM_CONNECT_TIMEOUT={self.connect_timeout:g} s)"
-                ) from None
+                raise self._connect_timeout_error() from None
             except CertificateError as exc:
-                raise UpstreamError(
-                    f"model server's TLS certificate is not trusted ({exc}); "
-                    "set LLM_TLS_CA_BUNDLE to its CA (or LLM_TLS_SKIP_VERIFY=True)"
-                ) from None
+                raise self._untrusted_error(exc) from None
             except ConnectFailed as exc:
                 raise ReplicaUnavailable(f"model server unreachable: {exc.os_error}") from None
             except ReadTimeout:

@@ -105,11 +105,7 @@ class StreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(WireError(f"the model server sent bad HTTP: {exc}"))
             return
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
     def eof_received(self) -> bool:
         return False  # close the transport: half-closed connections are not reused
@@ -252,8 +248,10 @@ class StreamConnection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # a reader that was cancelled left a done one behind
+                waiter.set_result(None)
 
     def _fail(self, error: WireError) -> None:
         if self.error is None:
