@@ -23,7 +23,7 @@ import io
 import json
 import logging
 import timeit
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from llm_service.limits import ClientWatch
@@ -60,7 +60,7 @@ def relay_seconds(
         for start in range(0, CHUNKS_PER_ANSWER, per_batch)
     ]
 
-    async def upstream() -> AsyncIterator[list[dict[str, Any]]]:
+    async def upstream() -> AsyncGenerator[list[dict[str, Any]], object]:
         for batch in batches:
             yield batch
 

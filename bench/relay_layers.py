@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -45,7 +45,7 @@ class Source:
         return CHUNK
 
 
-async def batches(source: Source) -> AsyncIterator[list[dict[str, Any]]]:
+async def batches(source: Source) -> AsyncGenerator[list[dict[str, Any]], object]:
     for _ in range(N):
         data = await source.read()
         yield [orjson.loads(line[5:].strip()) for line in data.split(b"\n") if line[:5] == b"data:"]

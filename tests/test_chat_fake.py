@@ -360,14 +360,17 @@ def test_citations_reported_from_the_answer(service: ServiceServer, fake: FakeOp
 def test_route_via_chain_gives_the_same_sse(
     fake_server: FakeServer, fake: FakeOpenAI, service: ServiceServer, stream_options: Any
 ) -> None:
-    """The fast relay and the chain's model step turn the same upstream bytes into the same
-    SSE (completion ids and timestamps aside)."""
+    """The fast relay (push mode, the default), the same relay pulled through the request's
+    task (``LLM_PUSH_RELAY=false``) and the chain's model step turn the same upstream bytes
+    into the same SSE (completion ids and timestamps aside)."""
     via_chain = ServiceServer(settings_for(fake_server.url, route_via_chain=True))
+    pulled = ServiceServer(settings_for(fake_server.url, push_relay=False))
     try:
         body = {"question": "q", "reranked_docs": DOCS, "stream": True, "max_new_tokens": 4}
         if stream_options:
             body["stream_options"] = stream_options
-        script = Script(tokens=["A", " [1]", " b", "c", "d"], tokens_per_write=2)
+        # Reads a few ms apart, some with two chunks: pushed one read at a time.
+        script = Script(tokens=["A", " [1]", " b", "c", "d"], tokens_per_write=2, token_delay=0.01)
 
         def normalized(server: ServiceServer) -> list[Any]:
             fake.push(script)
@@ -383,11 +386,12 @@ def test_route_via_chain_gives_the_same_sse(
             return out
 
         fast, chained = normalized(service), normalized(via_chain)
-        assert fast == chained
+        assert fast == chained == normalized(pulled)
         assert len(fast) == 4 + 1 + (1 if stream_options else 0) + 2  # tokens, finish, [usage]
         assert fast[-1][2]["citations"] == [1]
     finally:
         via_chain.close()
+        pulled.close()
 
 
 def test_runnable_events_give_the_same_sse(

@@ -20,12 +20,13 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
+from llm_service.api.direct import direct_writer
 from llm_service.errors import InvalidRequest, ServiceError
 from llm_service.limits import ClientWatch, shutting_down
 from llm_service.observability import RequestRecord
 from llm_service.schemas import ChatRequest, ErrorResponse, GeneratedDoc
 from llm_service.service import ChatService
-from llm_service.streaming import DONE, OpenAIChunkEncoder
+from llm_service.streaming import DONE, FrameSink, OpenAIChunkEncoder
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ async def _respond(
                 await frames.aclose()
                 raise
             streaming = True
-            if not await stream_frames(send, first, frames, client, record.headers):
+            push = settings.push_relay
+            if not await stream_frames(send, first, frames, client, record.headers, push=push):
                 record.status = 499  # the client went away before the end
             return
         generation = obs.start_generation(record, stream=False)
@@ -205,19 +207,30 @@ async def _respond(
 async def stream_frames(
     send: Send,
     first: bytes,
-    frames: AsyncGenerator[bytes, None],
+    frames: AsyncGenerator[bytes, FrameSink | None],
     client: ClientWatch,
     extra: list[tuple[bytes, bytes]] | None = None,
+    *,
+    push: bool = True,
 ) -> bool:
-    """SSE frames, one ASGI send each. A client that goes away cancels this task
-    (``ClientWatch``); the iterator is always closed, which closes the upstream response, so
-    the model server stops generating at once. False when the client went away."""
+    """SSE frames, one ASGI send each, or, with ``push`` under uvicorn, written from the model
+    server connection's callback (``api.direct``) while the client keeps up. A client that
+    goes away cancels this task (``ClientWatch``); the iterator is always closed, which
+    closes the upstream response, so the model server stops generating at once. False when
+    the client went away."""
     headers = _SSE_HEADERS + extra if extra else _SSE_HEADERS
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         message: Message = {"type": "http.response.body", "body": first, "more_body": True}
         await send(message)
-        async for frame in frames:
+        direct = direct_writer(send) if push else None
+        while True:
+            try:
+                # Push while the client keeps up; asend returns when that stops or the
+                # answer ends (its last frame), and the frame goes through send as usual.
+                frame = await frames.asend(direct if direct is not None and direct.ready else None)
+            except StopAsyncIteration:
+                break
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         client.finish()  # receive() says "disconnect" once the response is complete

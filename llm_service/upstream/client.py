@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +71,58 @@ class ReplicaFailed(UpstreamError):
 
 
 _REPLICA_FAULTS = (ReplicaUnavailable, ReplicaTimeout, ReplicaFailed)
+
+BatchSink = Callable[[list[Chunk]], bool]
+"""Push mode of ``stream_chat``: takes each batch in the network callback; True: stop."""
+
+
+class ChunkParser:
+    """The SSE body of a streamed chat completion, fed as it arrives, to chunk dicts.
+
+    ``feed`` returns the complete chunks of what it was given (a line split across reads
+    waits for its end). ``data: [DONE]`` sets ``finished``; a malformed chunk or an error
+    object sets ``failure``, and nothing after it is parsed. ``tail`` is the last batch."""
+
+    __slots__ = ("buffer", "failure", "finished", "tail")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.finished = False
+        self.failure: UpstreamError | None = None
+        self.tail: list[Chunk] = []
+
+    @property
+    def ended(self) -> bool:
+        return self.finished or self.failure is not None
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        buffer = self.buffer + data if self.buffer else data
+        if b"\n" not in data:
+            self.buffer = buffer
+            return []
+        lines = buffer.split(b"\n")
+        self.buffer = lines.pop()
+        batch: list[Chunk] = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, event/id fields
+            body = line[5:].strip()
+            if body == _DONE:
+                self.finished = True
+                break
+            try:
+                chunk = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                self.failure = UpstreamError("model server sent a malformed stream chunk")
+                break
+            if "error" in chunk or chunk.get("object") == "error":
+                message = _message_of(chunk, body)
+                self.failure = UpstreamError(f"model server failed mid-stream: {message}")
+                break
+            batch.append(chunk)
+        if batch:
+            self.tail = batch
+        return batch
 
 
 class UpstreamClient:
@@ -399,8 +451,15 @@ class UpstreamClient:
 
     async def stream_chat(
         self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
-    ) -> AsyncIterator[list[Chunk]]:
-        """Parsed ``chat.completion.chunk`` dicts, one list per network read."""
+    ) -> AsyncGenerator[list[Chunk], BatchSink | None]:
+        """Parsed ``chat.completion.chunk`` dicts, one list per network read.
+
+        Push mode: ``asend`` a ``BatchSink`` instead of calling ``anext`` and the batches
+        that follow go to it from the connection's network callback, with no task woken per
+        read, until the answer ends (``asend`` then raises ``StopAsyncIteration``, or the
+        stream's error), or the sink returns True (``asend`` then returns the next batch,
+        pulled as usual). Only after the first batch: retries and the first-chunk deadline
+        are unchanged."""
         data = orjson.dumps({**payload, "stream": True})
         tried: list[Replica] = []
         async with self.session() as session:
@@ -414,11 +473,9 @@ class UpstreamClient:
                     # first chunk; it is switched off before anything is yielded.
                     async with asyncio.timeout(self.first_token_timeout) as deadline:
                         conn = await self._open_stream(session, pool, replica, data, headers)
-                        tail: list[Chunk] = []
+                        parser = ChunkParser()
                         try:
-                            buffer = b""
-                            finished = False
-                            while True:
+                            while not parser.ended:
                                 try:
                                     data_in = await conn.read()
                                 except ReadTimeout as exc:
@@ -429,53 +486,28 @@ class UpstreamClient:
                                     ) from None
                                 if not data_in:
                                     break
-                                buffer += data_in
-                                if b"\n" not in data_in:
+                                batch = parser.feed(data_in)
+                                if not batch:
                                     continue
-                                lines = buffer.split(b"\n")
-                                buffer = lines.pop()
-                                batch: list[Chunk] = []
-                                failure: UpstreamError | None = None
-                                for line in lines:
-                                    if not line.startswith(b"data:"):
-                                        continue  # blank separators, comments, event/id fields
-                                    body = line[5:].strip()
-                                    if body == _DONE:
-                                        finished = True
-                                        break
-                                    try:
-                                        chunk = orjson.loads(body)
-                                    except orjson.JSONDecodeError:
-                                        failure = UpstreamError(
-                                            "model server sent a malformed stream chunk"
-                                        )
-                                        break
-                                    if "error" in chunk or chunk.get("object") == "error":
-                                        message = _message_of(chunk, body)
-                                        failure = UpstreamError(
-                                            f"model server failed mid-stream: {message}"
-                                        )
-                                        break
-                                    batch.append(chunk)
-                                if batch:
-                                    tail = batch
-                                    if first:
-                                        first = False
-                                        deadline.reschedule(None)
-                                        conn.idle_timeout(self.idle_timeout)
-                                    yield batch  # what came before a failure is still relayed
-                                if failure is not None:
-                                    raise failure
-                                if finished:
-                                    # Read the body's end too, so the connection goes back to
-                                    # the pool for the next request instead of being closed.
-                                    with contextlib.suppress(WireError):
-                                        while await conn.read():
-                                            pass
-                                    return
+                                if first:
+                                    first = False
+                                    deadline.reschedule(None)
+                                    conn.idle_timeout(self.idle_timeout)
+                                sink = yield batch  # what came before a failure is relayed
+                                if sink is not None and not parser.ended:
+                                    await self._pump(conn, parser, sink)
+                            if parser.failure is not None:
+                                raise parser.failure
+                            if parser.finished:
+                                # Read the body's end too, so the connection goes back to
+                                # the pool for the next request instead of being closed.
+                                with contextlib.suppress(WireError):
+                                    while await conn.read():
+                                        pass
+                                return
                             if any(
                                 c.get("choices") and c["choices"][0].get("finish_reason")
-                                for c in tail
+                                for c in parser.tail
                             ):
                                 return  # no [DONE] but a finish reason: complete
                             raise ReplicaFailed(
@@ -498,6 +530,20 @@ class UpstreamClient:
                         raise
                 finally:
                     replica.in_flight -= 1
+
+    @staticmethod
+    async def _pump(conn: StreamConnection, parser: ChunkParser, sink: BatchSink) -> None:
+        """Push mode of ``stream_chat``: each read parsed and handed on in the network
+        callback. Returns when the answer ended or failed, or ``sink`` asked to stop: the
+        pull loop then reports the end or the connection's error."""
+
+        def deliver(data: bytes) -> bool:
+            batch = parser.feed(data)
+            if batch and sink(batch):
+                return True
+            return parser.ended
+
+        await conn.pump(deliver)
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST ``body`` to ``path`` (e.g. ``/tokenize``) and return the parsed JSON reply."""

@@ -10,16 +10,18 @@ per read. Whole answers, ``/v1/models`` and token requests keep using aiohttp.
 
 ``StreamPool.open`` sends a request and returns a ``StreamConnection`` whose head (status,
 headers) has arrived; ``read`` then returns the body bytes that arrived since the last call
-(``b""`` at the end). ``StreamPool.release`` puts a connection back for the next request if
-its response was read to the end, and closes it otherwise: closing is how the model server
-learns that nobody is listening.
+(``b""`` at the end). ``pump`` is the push alternative to ``read``: body bytes go to a
+callback straight from the network callback, so a relayed token wakes no task at all.
+``StreamPool.release`` puts a connection back for the next request if its response was
+read to the end, and closes it otherwise: closing is how the model server learns that
+nobody is listening.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -61,6 +63,10 @@ class ReadTimeout(WireError):
         self.idle = idle
 
 
+Sink = Callable[[bytes], bool]
+"""Takes body bytes in the network callback; True asks to stop pushing."""
+
+
 class StreamConnection(asyncio.Protocol):
     """One kept-alive HTTP/1.1 connection; one request at a time."""
 
@@ -83,6 +89,8 @@ class StreamConnection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None  # pump(): body bytes go here instead of to read()
+        self._sink_error: BaseException | None = None
         self._idle: float | None = None
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -105,6 +113,17 @@ class StreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(WireError(f"the model server sent bad HTTP: {exc}"))
             return
+        sink = self._sink
+        if sink is not None:
+            if self._data:
+                try:
+                    if sink(self._take()):
+                        self._sink = None
+                except Exception as exc:  # raised by pump(), in the task that owns the sink
+                    self._sink_error = exc
+                    self._sink = None
+            if self._sink is not None and not self.complete:
+                return  # the common case: a token relayed, no task woken
         self._wake()
 
     def eof_received(self) -> bool:
@@ -147,7 +166,12 @@ class StreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._data.append(body)
         self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+        if (
+            self._buffered > _HIGH_WATER
+            and not self._paused
+            and self._sink is None
+            and self.transport is not None
+        ):
             self._paused = True
             self.transport.pause_reading()
 
@@ -187,16 +211,8 @@ class StreamConnection(asyncio.Protocol):
     async def read(self) -> bytes:
         """The body bytes that arrived since the last call; ``b""`` once the body has ended."""
         while True:
-            data = self._data
-            if data:
-                out = data[0] if len(data) == 1 else b"".join(data)
-                data.clear()
-                self._buffered = 0
-                if self._paused and self.transport is not None:
-                    self._paused = False
-                    self._last_data = self.loop.time()  # the idle clock restarts with reading
-                    self.transport.resume_reading()
-                return out
+            if self._data:
+                return self._take()
             if self.error is not None:
                 raise self.error
             if self.complete:
@@ -204,6 +220,26 @@ class StreamConnection(asyncio.Protocol):
             # Waited on here, not in a helper: one frame less to resume per token.
             self._waiter = waiter = self.loop.create_future()
             await waiter
+
+    async def pump(self, sink: Sink) -> None:
+        """Hand the body to ``sink`` as it arrives, from the network callback, until the body
+        ends, fails, or ``sink`` returns True; then return (``read`` takes over: it reports
+        the end or the failure, and returns what arrives after a stop). What ``sink``
+        raises is raised here."""
+        if self._data and sink(self._take()):  # what arrived before, first
+            return
+        if self.complete or self.error is not None:
+            return
+        self._sink = sink
+        try:
+            while self._sink is not None and self.error is None and not self.complete:
+                self._waiter = waiter = self.loop.create_future()
+                await waiter
+        finally:
+            self._sink = None
+            error, self._sink_error = self._sink_error, None
+        if error is not None:
+            raise error
 
     async def read_all(self) -> bytes:
         parts = []
@@ -243,6 +279,7 @@ class StreamConnection(asyncio.Protocol):
         self._cancel_timers()
         self._idle = None
         self._active = False
+        self._sink = None
 
     # --- internals ---------------------------------------------------------------------
 
@@ -252,6 +289,18 @@ class StreamConnection(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():  # a reader that was cancelled left a done one behind
                 waiter.set_result(None)
+
+    def _take(self) -> bytes:
+        """The buffered body bytes (there are some); reading resumes if it was paused."""
+        data = self._data
+        out = data[0] if len(data) == 1 else b"".join(data)
+        data.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self._last_data = self.loop.time()  # the idle clock restarts with reading
+            self.transport.resume_reading()
+        return out
 
     def _fail(self, error: WireError) -> None:
         if self.error is None:

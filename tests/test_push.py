@@ -1,0 +1,253 @@
+"""Push mode: tokens written to the client from the model server connection's callback.
+
+Three layers, each against real sockets: ``StreamConnection.pump`` (the transport hands the
+body to a callback instead of waking a reader), ``UpstreamClient.stream_chat``'s ``asend``
+protocol (parsed batches to a sink), and ``api.direct`` (uvicorn's chunked response written
+from outside the request's task). The route's bytes in push and pull mode are compared in
+``test_chat_fake.test_route_via_chain_gives_the_same_sse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from llm_service.api.direct import DirectWriter, direct_writer
+from llm_service.upstream import build_client
+from llm_service.upstream.client import Chunk
+from llm_service.upstream.wire import ReadTimeout
+from tests.fake_openai import FakeOpenAI, Script
+from tests.servers import FakeServer, ServiceServer, free_port, settings_for
+from tests.sse import content_of, parse_frames
+from tests.test_wire import (
+    SSE_HEAD,
+    Handler,
+    Server,
+    chunk,
+    flood,
+    keep_alive_sse,
+    pool,
+    read_request,
+    serve,
+)
+
+
+def collect(into: list[T], *, stop: bool = False) -> Callable[[T], bool]:
+    """A sink that keeps what it is given and answers ``stop``."""
+
+    def sink(item: T) -> bool:
+        into.append(item)
+        return stop
+
+    return sink
+
+
+T = TypeVar("T")
+
+
+# --- the transport: StreamConnection.pump -------------------------------------------------
+
+
+async def test_pump_hands_the_body_to_the_sink_and_keeps_the_connection() -> None:
+    async with serve(keep_alive_sse) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+        got: list[bytes] = []
+        await conn.pump(collect(got))
+        events = [b'data: {"n":%d}\n\n' % i for i in range(3)] + [b"data: [DONE]\n\n"]
+        assert b"".join(got) == b"".join(events)
+        assert conn.complete and await conn.read() == b""
+        assert conn.reusable
+        p.release(conn)
+
+
+async def test_a_sink_that_asks_to_stop_hands_back_to_read() -> None:
+    piece = b"data: " + b"z" * 100 + b"\n\n"
+    async with serve(flood(piece, 500)) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+        got: list[bytes] = []
+        await conn.pump(collect(got, stop=True))  # stop after the first read
+        assert len(got) == 1
+        rest = await conn.read_all()  # nothing lost between the modes
+        assert b"".join(got) + rest == piece * 500
+        p.release(conn)
+
+
+async def test_what_the_sink_raises_is_raised_by_pump() -> None:
+    async with serve(keep_alive_sse) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+
+        def sink(data: bytes) -> bool:
+            raise ValueError("bad frame")
+
+        with pytest.raises(ValueError, match="bad frame"):
+            await conn.pump(sink)
+        p.release(conn)
+
+
+async def test_pump_returns_on_silence_and_read_reports_it() -> None:
+    def one_then_silence(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b'data: {"n":0}\n\n'))
+            await writer.drain()
+            await reader.read()  # silent until the client closes
+
+        return handler
+
+    async with serve(one_then_silence) as server, pool() as p:
+        conn = await p.open(server.url, b"{}", {}, total=5.0)
+        assert await conn.read() == b'data: {"n":0}\n\n'
+        conn.idle_timeout(0.2)
+        started = time.monotonic()
+        await conn.pump(lambda data: False)
+        assert time.monotonic() - started < 2.0
+        with pytest.raises(ReadTimeout) as exc:
+            await conn.read()
+        assert exc.value.idle
+        p.release(conn)
+
+
+# --- the client: stream_chat's asend protocol ---------------------------------------------
+
+
+def test_stream_chat_pushes_batches_after_the_first(
+    fake_server: FakeServer, fake: FakeOpenAI
+) -> None:
+    """The first batch is pulled (retries and the first-token deadline apply to it); after
+    ``asend(sink)`` every further batch reaches the sink and asend ends with the answer."""
+    fake.push(Script(tokens=[f" t{i}" for i in range(20)], token_delay=0.005))
+    settings = settings_for(fake_server.url)
+
+    async def run() -> tuple[list[Chunk], list[list[Chunk]]]:
+        client = build_client(settings, fake_server.url)
+        await client.start()
+        try:
+            stream = client.stream_chat({"model": "fake-model", "messages": []})
+            first = await anext(stream)
+            pushed: list[list[Chunk]] = []
+            with pytest.raises(StopAsyncIteration):
+                await stream.asend(collect(pushed))
+            return first, pushed
+        finally:
+            await client.aclose()
+
+    first, pushed = asyncio.run(run())
+    chunks = first + [c for batch in pushed for c in batch]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "".join(f" t{i}" for i in range(20))
+    assert len(pushed) >= 10  # tokens 5 ms apart: pushed one read at a time, not all at once
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+# --- the client side: uvicorn's response written directly ---------------------------------
+
+
+def test_direct_writer_writes_uvicorns_chunked_body() -> None:
+    """Under uvicorn (httptools) the route gets a writer for its response, and what it writes
+    is a valid chunked body that ends with uvicorn's own last send."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        seen["before_start"] = direct_writer(send)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        writer = direct_writer(send)
+        seen["writer"] = writer
+        assert writer is not None and writer.ready
+        assert writer(b"data: one\n\n") is False
+        assert writer(b"data: two\n\n") is False
+        await send({"type": "http.response.body", "body": b"data: end\n\n", "more_body": False})
+        seen["after_end"] = direct_writer(send)
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                            log_level="warning", lifespan="off")  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        resp = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert resp.text == "data: one\n\ndata: two\n\ndata: end\n\n"
+        assert resp.headers["transfer-encoding"] == "chunked"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert seen["before_start"] is None  # no head yet: nothing to write into
+    assert isinstance(seen["writer"], DirectWriter)
+    assert seen["after_end"] is None
+
+
+def test_direct_writer_is_none_for_other_servers() -> None:
+    async def send(message: Any) -> None:
+        pass
+
+    assert direct_writer(send) is None
+
+
+@pytest.fixture(scope="module")
+def roomy_service(fake_server: FakeServer) -> Any:
+    server = ServiceServer(settings_for(fake_server.url, request_timeout=60.0))
+    yield server
+    server.close()
+
+
+def test_a_slow_client_gets_every_frame_in_order(fake: FakeOpenAI, roomy_service: Any) -> None:
+    """A client that stops reading fills its socket: the push stops, frames go through
+    ``send`` (which waits for the client), the model server is read no faster than the
+    client reads, and nothing is lost or reordered."""
+    tokens = [f" {i:05d}" + "x" * 1000 for i in range(20_000)]  # ≈ 20 MB of frames
+    fake.push(Script(tokens=tokens))
+    service = roomy_service
+    body = (
+        b'{"messages":[{"role":"user","content":"slow reader"}],"stream":true,"max_tokens":30000}'
+    )
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connecting: the window
+    sock.connect(("127.0.0.1", service.port))
+    try:
+        sock.sendall(request)
+        time.sleep(1.5)  # we read nothing
+        # The service stopped reading from the model server too: its answer is not all sent.
+        assert "slow reader" not in fake.ended_at
+        sock.settimeout(30)
+        received = bytearray()
+        while not received.endswith(b"0\r\n\r\n"):
+            part = sock.recv(65536)
+            assert part, "connection closed before the end"
+            received += part
+    finally:
+        sock.close()
+    head, _, chunked = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    text = _dechunk(chunked).decode()
+    frames = parse_frames(text)
+    assert frames[-1].raw == "[DONE]"
+    assert content_of(frames) == "".join(tokens)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += data[:size]
+        assert data[size : size + 2] == b"\r\n"
+        data = data[size + 2 :]
