@@ -64,7 +64,9 @@ class ReadTimeout(WireError):
 
 
 Sink = Callable[[bytes], bool]
-"""Takes body bytes in the network callback; True asks to stop pushing."""
+"""Takes body bytes in the network callback; True asks to stop pushing. It runs in the
+connection's context (that of the request that opened it), not the current request's: it
+must not read context variables (request id, current span)."""
 
 
 class StreamConnection(asyncio.Protocol):
@@ -113,15 +115,9 @@ class StreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(WireError(f"the model server sent bad HTTP: {exc}"))
             return
-        sink = self._sink
-        if sink is not None:
+        if self._sink is not None:
             if self._data:
-                try:
-                    if sink(self._take()):
-                        self._sink = None
-                except Exception as exc:  # raised by pump(), in the task that owns the sink
-                    self._sink_error = exc
-                    self._sink = None
+                self._push()
             if self._sink is not None and not self.complete:
                 return  # the common case: a token relayed, no task woken
         self._wake()
@@ -226,12 +222,10 @@ class StreamConnection(asyncio.Protocol):
         ends, fails, or ``sink`` returns True; then return (``read`` takes over: it reports
         the end or the failure, and returns what arrives after a stop). What ``sink``
         raises is raised here."""
-        if self._data and sink(self._take()):  # what arrived before, first
-            return
-        if self.complete or self.error is not None:
-            return
         self._sink = sink
         try:
+            if self._data:
+                self._push()  # what arrived before, first
             while self._sink is not None and self.error is None and not self.complete:
                 self._waiter = waiter = self.loop.create_future()
                 await waiter
@@ -289,6 +283,16 @@ class StreamConnection(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():  # a reader that was cancelled left a done one behind
                 waiter.set_result(None)
+
+    def _push(self) -> None:
+        """Hand the buffered body bytes to the sink; a sink that stops or raises goes."""
+        assert self._sink is not None
+        try:
+            if self._sink(self._take()):
+                self._sink = None
+        except Exception as exc:  # raised by pump(), in the task that owns the sink
+            self._sink_error = exc
+            self._sink = None
 
     def _take(self) -> bytes:
         """The buffered body bytes (there are some); reading resumes if it was paused."""
