@@ -118,7 +118,9 @@ class StreamConnection(asyncio.Protocol):
         if self._sink is not None:
             if self._data:
                 self._push()
-            if self._sink is not None and not self.complete:
+            if self.complete:
+                self._sink = None  # the answer is whole: the task takes over
+            elif self._sink is not None:
                 return  # the common case: a token relayed, no task woken
         self._wake()
 
