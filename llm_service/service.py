@@ -32,6 +32,7 @@ from llm_service.streaming import (
     Answer,
     FrameSink,
     OpenAIChunkEncoder,
+    WriteBatch,
     relay_chain,
     relay_upstream,
 )
@@ -94,6 +95,7 @@ class ChatService:
             or tracing_is_enabled()
         )
         self.gate = Gate(settings.max_concurrent)  # concurrent requests, for backpressure
+        self.writes = WriteBatch()  # the push relay's client writes, one flush per loop turn
 
     # --- preparing -----------------------------------------------------------------------
 

@@ -16,12 +16,13 @@ the routes under ``LLM_LANGSERVE_PATH``, and ``relay_langserve`` feeds it from t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from langchain_core.messages import BaseMessageChunk
@@ -92,6 +93,31 @@ class OpenAIChunkEncoder:
     @staticmethod
     def error(exc: ServiceError) -> bytes:
         return b"event: error\ndata: " + orjson.dumps(exc.body()) + b"\n\n"
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class WriteBatch:
+    """Writers with frames waiting in this turn of the event loop, flushed together by one
+    callback at its end (see ``api.direct``). One per service, so one event loop."""
+
+    __slots__ = ("_writers",)
+
+    def __init__(self) -> None:
+        self._writers: list[Flushable] = []
+
+    def add(self, writer: Flushable) -> None:
+        """``writer`` has its first frame waiting in this turn: flush it at the turn's end."""
+        if not self._writers:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._writers.append(writer)
+
+    def _flush(self) -> None:
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.flush()
 
 
 FrameSink = Callable[[bytes], bool]

@@ -22,6 +22,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from llm_service.api.direct import DirectWriter, direct_writer
+from llm_service.streaming import WriteBatch
 from llm_service.upstream import build_client
 from llm_service.upstream.client import Chunk
 from llm_service.upstream.wire import ReadTimeout
@@ -159,15 +160,20 @@ def test_direct_writer_writes_uvicorns_chunked_body() -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        seen["before_start"] = direct_writer(send)
+        batch = WriteBatch()
+        seen["before_start"] = direct_writer(send, batch)
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        writer = direct_writer(send)
+        writer = direct_writer(send, batch)
         seen["writer"] = writer
         assert writer is not None and writer.ready
         assert writer(b"data: one\n\n") is False
+        seen["waiting"] = bool(writer._pending)  # written at the end of this loop turn
+        await asyncio.sleep(0)
+        seen["flushed"] = not writer._pending
         assert writer(b"data: two\n\n") is False
+        writer.flush()  # what the route does before it sends anything itself
         await send({"type": "http.response.body", "body": b"data: end\n\n", "more_body": False})
-        seen["after_end"] = direct_writer(send)
+        seen["after_end"] = direct_writer(send, batch)
 
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
@@ -184,6 +190,7 @@ def test_direct_writer_writes_uvicorns_chunked_body() -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+    assert seen["waiting"] and seen["flushed"]
     assert seen["before_start"] is None  # no head yet: nothing to write into
     assert isinstance(seen["writer"], DirectWriter)
     assert seen["after_end"] is None
@@ -193,7 +200,27 @@ def test_direct_writer_is_none_for_other_servers() -> None:
     async def send(message: Any) -> None:
         pass
 
-    assert direct_writer(send) is None
+    assert direct_writer(send, WriteBatch()) is None
+
+
+async def test_a_write_batch_flushes_each_writer_once_per_loop_turn() -> None:
+    class Writer:
+        def __init__(self) -> None:
+            self.flushes = 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+
+    batch = WriteBatch()
+    writers = [Writer() for _ in range(5)]
+    for writer in writers:
+        batch.add(writer)
+    assert all(w.flushes == 0 for w in writers)  # nothing before the turn ends
+    await asyncio.sleep(0)
+    assert [w.flushes for w in writers] == [1] * 5
+    batch.add(writers[0])  # a later turn schedules its own flush
+    await asyncio.sleep(0)
+    assert [w.flushes for w in writers] == [2, 1, 1, 1, 1]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,15 @@ transport to the upstream connection, which writes each token's frame as it pars
 (uvicorn paused writing) or the client went away. The route then pulls frames through
 ``send`` again, which waits for the client like any ASGI response. Under any other server
 ``direct_writer`` returns None and every frame goes through ``send``.
+
+The writes of one turn of the event loop go out together at its end (``streaming.WriteBatch``:
+one ``call_soon`` per turn, not per token). A turn handles the reads of many streams; writing
+their frames back to back instead of one per callback lets a client that is waking up for
+the first frame take the next ones without being woken again. On this machine, with the
+load client on the other core, that took a paced token from ≈ 38 to ≈ 28 µs of service CPU
+(docs/performance.md). A frame waits at most for the rest of its turn (well under a
+millisecond); the route flushes its writer before anything it sends itself, so the bytes
+stay in order.
 """
 
 from __future__ import annotations
@@ -18,16 +27,20 @@ from __future__ import annotations
 from starlette.types import Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from llm_service.streaming import WriteBatch
+
 
 class DirectWriter:
     """Chunked body writes to one uvicorn response's transport (a ``FrameSink``)."""
 
-    __slots__ = ("_cycle", "_flow", "_write")
+    __slots__ = ("_batch", "_cycle", "_flow", "_pending", "_write")
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
+    def __init__(self, cycle: RequestResponseCycle, batch: WriteBatch) -> None:
         self._cycle = cycle
         self._flow = cycle.flow
         self._write = cycle.transport.write
+        self._batch = batch
+        self._pending: list[bytes] = []
 
     @property
     def ready(self) -> bool:
@@ -35,17 +48,28 @@ class DirectWriter:
         return not (self._cycle.disconnected or self._flow.write_paused)
 
     def __call__(self, body: bytes) -> bool:
-        """Write ``body`` (not empty) as one HTTP chunk; True: stop, go back to ``send``."""
-        cycle = self._cycle
-        if cycle.disconnected:
+        """Write ``body`` as one HTTP chunk at the end of this turn of the event loop;
+        True: stop, go back to ``send``."""
+        if self._cycle.disconnected:
             return True
-        if not body:
-            return False  # an empty chunk would end the response
-        self._write(b"%x\r\n%b\r\n" % (len(body), body))
+        if body:  # an empty chunk would end the response
+            pending = self._pending
+            if not pending:
+                self._batch.add(self)
+            pending.append(b"%x\r\n%b\r\n" % (len(body), body))
         return self._flow.write_paused
 
+    def flush(self) -> None:
+        """Write what is waiting now (the batch's callback, or the route before it sends)."""
+        pending = self._pending
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            if not self._cycle.disconnected:
+                self._write(data)
 
-def direct_writer(send: Send) -> DirectWriter | None:
+
+def direct_writer(send: Send, batch: WriteBatch) -> DirectWriter | None:
     """A ``DirectWriter`` for the response ``send`` belongs to, if that is uvicorn's
     httptools server with a chunked response under way (its head sent); else None."""
     cycle = getattr(send, "__self__", None)
@@ -54,6 +78,6 @@ def direct_writer(send: Send) -> DirectWriter | None:
     try:
         if cycle.response_complete or cycle.chunked_encoding is not True:
             return None
-        return DirectWriter(cycle)
+        return DirectWriter(cycle, batch)
     except AttributeError:  # another uvicorn inside: no push (tests/test_push.py notices)
         return None

@@ -26,7 +26,7 @@ from llm_service.limits import ClientWatch, shutting_down
 from llm_service.observability import RequestRecord
 from llm_service.schemas import ChatRequest, ErrorResponse, GeneratedDoc
 from llm_service.service import ChatService
-from llm_service.streaming import DONE, FrameSink, OpenAIChunkEncoder
+from llm_service.streaming import DONE, FrameSink, OpenAIChunkEncoder, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ async def _respond(
                 await frames.aclose()
                 raise
             streaming = True
-            push = settings.push_relay
-            if not await stream_frames(send, first, frames, client, record.headers, push=push):
+            writes = service.writes if settings.push_relay else None
+            if not await stream_frames(send, first, frames, client, record.headers, writes):
                 record.status = 499  # the client went away before the end
             return
         generation = obs.start_generation(record, stream=False)
@@ -210,20 +210,19 @@ async def stream_frames(
     frames: AsyncGenerator[bytes, FrameSink | None],
     client: ClientWatch,
     extra: list[tuple[bytes, bytes]] | None = None,
-    *,
-    push: bool = True,
+    writes: WriteBatch | None = None,
 ) -> bool:
-    """SSE frames, one ASGI send each, or, with ``push`` under uvicorn, written from the model
-    server connection's callback (``api.direct``) while the client keeps up. A client that
-    goes away cancels this task (``ClientWatch``); the iterator is always closed, which
-    closes the upstream response, so the model server stops generating at once. False when
-    the client went away."""
+    """SSE frames, one ASGI send each, or, given ``writes`` and under uvicorn, written from
+    the model server connection's callback (``api.direct``) while the client keeps up. A
+    client that goes away cancels this task (``ClientWatch``); the iterator is always closed,
+    which closes the upstream response, so the model server stops generating at once. False
+    when the client went away."""
     headers = _SSE_HEADERS + extra if extra else _SSE_HEADERS
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         message: Message = {"type": "http.response.body", "body": first, "more_body": True}
         await send(message)
-        direct = direct_writer(send) if push else None
+        direct = direct_writer(send, writes) if writes is not None else None
         while True:
             try:
                 # Push while the client keeps up; asend returns when that stops or the
@@ -231,6 +230,9 @@ async def stream_frames(
                 frame = await frames.asend(direct if direct is not None and direct.ready else None)
             except StopAsyncIteration:
                 break
+            finally:
+                if direct is not None:
+                    direct.flush()  # pushed frames still waiting go before anything we send
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         client.finish()  # receive() says "disconnect" once the response is complete
