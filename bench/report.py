@@ -288,9 +288,10 @@ def _short(path: str) -> str:
 # (stage, functions anywhere on the stack, functions as the leaf, leaf file prefixes)
 STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
     ("write to the client (uvicorn send or the push relay's DirectWriter)",
-     ("RequestResponseCycle.send",), ("DirectWriter.__call__",), ()),
+     ("RequestResponseCycle.send",),
+     ("DirectWriter.__call__", "DirectWriter.flush", "WriteBatch._flush"), ()),
     ("parse upstream SSE (ChunkParser incl. orjson.loads)",
-     (), ("UpstreamClient.stream_chat", "ChunkParser.feed",
+     (), ("UpstreamClient.stream_chat", "ChunkParser.feed", "ChunkParser.ended",
           "UpstreamClient._pump.<locals>.deliver"), ()),
     ("read from upstream (wire.py protocol + HTTP parser; aiohttp for whole answers)",
      ("ResponseHandler.data_received",),
