@@ -100,8 +100,8 @@ class Flushable(Protocol):
 
 
 class WriteBatch:
-    """Writers with frames waiting in this turn of the event loop, flushed together by one
-    callback at its end (see ``api.direct``). One per service, so one event loop."""
+    """Writers with frames waiting in this pass of the event loop, flushed together by one
+    ``call_soon`` callback (see ``api.direct``). One per service, so one event loop."""
 
     __slots__ = ("_writers",)
 
@@ -109,7 +109,7 @@ class WriteBatch:
         self._writers: list[Flushable] = []
 
     def add(self, writer: Flushable) -> None:
-        """``writer`` has its first frame waiting in this turn: flush it at the turn's end."""
+        """``writer`` has its first frame waiting in this pass: flush it with the others."""
         if not self._writers:
             asyncio.get_running_loop().call_soon(self._flush)
         self._writers.append(writer)
@@ -117,7 +117,10 @@ class WriteBatch:
     def _flush(self) -> None:
         writers, self._writers = self._writers, []
         for writer in writers:
-            writer.flush()
+            try:
+                writer.flush()
+            except Exception:  # one writer's failure must not strand the others' frames
+                log.exception("flushing a stream's frames failed")
 
 
 FrameSink = Callable[[bytes], bool]

@@ -152,6 +152,9 @@ def test_stream_chat_pushes_batches_after_the_first(
 # --- the client side: uvicorn's response written directly ---------------------------------
 
 
+BIG = b"data: " + b"b" * 70_000 + b"\n\n"
+
+
 def test_direct_writer_writes_uvicorns_chunked_body() -> None:
     """Under uvicorn (httptools) the route gets a writer for its response, and what it writes
     is a valid chunked body that ends with uvicorn's own last send."""
@@ -171,6 +174,7 @@ def test_direct_writer_writes_uvicorns_chunked_body() -> None:
         await asyncio.sleep(0)
         seen["flushed"] = not writer._pending
         assert writer(b"data: two\n\n") is False
+        assert writer(BIG) is True  # more than 64 KB waiting: stop pushing, send waits
         writer.flush()  # what the route does before it sends anything itself
         await send({"type": "http.response.body", "body": b"data: end\n\n", "more_body": False})
         seen["after_end"] = direct_writer(send, batch)
@@ -185,7 +189,7 @@ def test_direct_writer_writes_uvicorns_chunked_body() -> None:
         while not server.started:
             time.sleep(0.01)
         resp = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-        assert resp.text == "data: one\n\ndata: two\n\ndata: end\n\n"
+        assert resp.content == b"data: one\n\ndata: two\n\n" + BIG + b"data: end\n\n"
         assert resp.headers["transfer-encoding"] == "chunked"
     finally:
         server.should_exit = True
@@ -221,6 +225,25 @@ async def test_a_write_batch_flushes_each_writer_once_per_loop_turn() -> None:
     batch.add(writers[0])  # a later turn schedules its own flush
     await asyncio.sleep(0)
     assert [w.flushes for w in writers] == [2, 1, 1, 1, 1]
+
+
+async def test_a_failing_writer_does_not_strand_the_others() -> None:
+    flushed: list[str] = []
+
+    class Writer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def flush(self) -> None:
+            if self.name == "bad":
+                raise OSError("gone")
+            flushed.append(self.name)
+
+    batch = WriteBatch()
+    for name in ("a", "bad", "b"):
+        batch.add(Writer(name))
+    await asyncio.sleep(0)
+    assert flushed == ["a", "b"]
 
 
 @pytest.fixture(scope="module")

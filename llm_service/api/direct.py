@@ -12,28 +12,36 @@ transport to the upstream connection, which writes each token's frame as it pars
 ``send`` again, which waits for the client like any ASGI response. Under any other server
 ``direct_writer`` returns None and every frame goes through ``send``.
 
-The writes of one turn of the event loop go out together at its end (``streaming.WriteBatch``:
-one ``call_soon`` per turn, not per token). A turn handles the reads of many streams; writing
-their frames back to back instead of one per callback lets a client that is waking up for
-the first frame take the next ones without being woken again. On this machine, with the
-load client on the other core, that took a paced token from ≈ 38 to ≈ 28 µs of service CPU
-(docs/performance.md). A frame waits at most for the rest of its turn (well under a
-millisecond); the route flushes its writer before anything it sends itself, so the bytes
-stay in order.
+The frames of one pass of the event loop go out together (``streaming.WriteBatch``: one
+``call_soon`` per pass, not per token, which runs once the loop has handled that pass's
+network events and before it waits for more). A pass handles the reads of many streams;
+writing their frames back to back instead of one per callback lets a client that is waking
+up for the first frame take the next ones without being woken again. On this machine, with
+the load client on the other core, that took a paced token from ≈ 38 to ≈ 29 µs of service
+CPU (docs/performance.md). A frame waits for the rest of its pass (well under a millisecond
+at the loads measured); the metrics' token times are taken when it is encoded, just before.
+The route flushes its writer before anything it sends itself, so the bytes stay in order.
 """
 
 from __future__ import annotations
+
+import logging
 
 from starlette.types import Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from llm_service.streaming import WriteBatch
 
+log = logging.getLogger(__name__)
+
+
+_MAX_WAITING = 64 * 1024  # bytes kept for one flush before the writer asks to stop
+
 
 class DirectWriter:
     """Chunked body writes to one uvicorn response's transport (a ``FrameSink``)."""
 
-    __slots__ = ("_batch", "_cycle", "_flow", "_pending", "_write")
+    __slots__ = ("_batch", "_broken", "_cycle", "_flow", "_pending", "_size", "_write")
 
     def __init__(self, cycle: RequestResponseCycle, batch: WriteBatch) -> None:
         self._cycle = cycle
@@ -41,32 +49,42 @@ class DirectWriter:
         self._write = cycle.transport.write
         self._batch = batch
         self._pending: list[bytes] = []
+        self._size = 0  # bytes in _pending
+        self._broken = False  # a write failed: push no more, let send report it
 
     @property
     def ready(self) -> bool:
         """The client is there and its socket buffer has room."""
-        return not (self._cycle.disconnected or self._flow.write_paused)
+        return not (self._cycle.disconnected or self._flow.write_paused or self._broken)
 
     def __call__(self, body: bytes) -> bool:
-        """Write ``body`` as one HTTP chunk at the end of this turn of the event loop;
-        True: stop, go back to ``send``."""
-        if self._cycle.disconnected:
+        """Write ``body`` as one HTTP chunk with the rest of this loop turn's writes;
+        True: stop, go back to ``send`` (client gone or slow, or a write failed)."""
+        if self._cycle.disconnected or self._broken:
             return True
         if body:  # an empty chunk would end the response
             pending = self._pending
             if not pending:
                 self._batch.add(self)
-            pending.append(b"%x\r\n%b\r\n" % (len(body), body))
-        return self._flow.write_paused
+            frame = b"%x\r\n%b\r\n" % (len(body), body)
+            pending.append(frame)
+            self._size += len(frame)
+        return self._flow.write_paused or self._size > _MAX_WAITING
 
     def flush(self) -> None:
-        """Write what is waiting now (the batch's callback, or the route before it sends)."""
+        """Write what is waiting now (the batch's callback, or the route before it sends).
+        Never raises: a failed write marks the writer broken."""
         pending = self._pending
         if pending:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
+            self._size = 0
             if not self._cycle.disconnected:
-                self._write(data)
+                try:
+                    self._write(data)
+                except Exception:
+                    log.warning("writing to the client failed", exc_info=True)
+                    self._broken = True
 
 
 def direct_writer(send: Send, batch: WriteBatch) -> DirectWriter | None:
