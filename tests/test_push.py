@@ -31,13 +31,11 @@ from tests.servers import FakeServer, ServiceServer, free_port, settings_for
 from tests.sse import content_of, parse_frames
 from tests.test_wire import (
     SSE_HEAD,
-    Handler,
-    Server,
     chunk,
     flood,
     keep_alive_sse,
     pool,
-    read_request,
+    reply_once,
     serve,
 )
 
@@ -95,14 +93,7 @@ async def test_what_the_sink_raises_is_raised_by_pump() -> None:
 
 
 async def test_pump_returns_on_silence_and_read_reports_it() -> None:
-    def one_then_silence(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(SSE_HEAD + chunk(b'data: {"n":0}\n\n'))
-            await writer.drain()
-            await reader.read()  # silent until the client closes
-
-        return handler
+    one_then_silence = reply_once(SSE_HEAD + chunk(b'data: {"n":0}\n\n'), hold=True)
 
     async with serve(one_then_silence) as server, pool() as p:
         conn = await p.open(server.url, b"{}", {}, total=5.0)

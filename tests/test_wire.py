@@ -104,6 +104,23 @@ def keep_alive_sse(server: Server, *, close_after: int | None = None) -> Handler
     return handler
 
 
+def reply_once(data: bytes, *, hold: bool = False) -> Callable[[Server], Handler]:
+    """Answers one request with ``data``, then closes the connection, or with ``hold``
+    stays silent until the client closes it."""
+
+    def make(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(data)
+            await writer.drain()
+            if hold:
+                await reader.read()
+
+        return handler
+
+    return make
+
+
 def flood(piece: bytes, count: int) -> Callable[[Server], Handler]:
     """Answers one request with ``count`` chunks of ``piece``, written as fast as the socket
     takes them."""
@@ -158,14 +175,8 @@ async def test_a_kept_alive_connection_closed_by_the_server_is_replaced() -> Non
 
 
 async def test_a_body_without_length_ends_with_the_connection() -> None:
-    def until_close(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
-            writer.write(b"data: {}\n\ndata: [DONE]\n\n")
-            await writer.drain()
-
-        return handler
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+    until_close = reply_once(head + b"data: {}\n\ndata: [DONE]\n\n")
 
     async with serve(until_close) as server, pool() as p:
         conn = await p.open(server.url, b"{}", {}, total=5.0)
@@ -175,15 +186,7 @@ async def test_a_body_without_length_ends_with_the_connection() -> None:
 
 
 async def test_a_stream_cut_short_is_an_error_not_an_end() -> None:
-    def cut(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(SSE_HEAD + chunk(b"data: {}\n\n"))
-            await writer.drain()
-
-        return handler
-
-    async with serve(cut) as server, pool() as p:
+    async with serve(reply_once(SSE_HEAD + chunk(b"data: {}\n\n"))) as server, pool() as p:
         conn = await p.open(server.url, b"{}", {}, total=5.0)
         assert await conn.read() == b"data: {}\n\n"
         with pytest.raises(WireError, match="before the body ended"):
@@ -192,14 +195,7 @@ async def test_a_stream_cut_short_is_an_error_not_an_end() -> None:
 
 
 async def test_bytes_that_are_not_http_are_an_error() -> None:
-    def garbage(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-            await writer.drain()
-            await asyncio.sleep(1)
-
-        return handler
+    garbage = reply_once(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", hold=True)
 
     async with serve(garbage) as server, pool() as p:
         with pytest.raises(WireError, match="bad HTTP"):
@@ -207,14 +203,7 @@ async def test_bytes_that_are_not_http_are_an_error() -> None:
 
 
 async def test_silence_after_the_head_is_an_idle_timeout_then_a_total_one() -> None:
-    def stall(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(SSE_HEAD + chunk(b"data: {}\n\n"))
-            await writer.drain()
-            await asyncio.sleep(5)
-
-        return handler
+    stall = reply_once(SSE_HEAD + chunk(b"data: {}\n\n"), hold=True)
 
     async with serve(stall) as server, pool() as p:
         conn = await p.open(server.url, b"{}", {}, total=5.0)
