@@ -3,7 +3,7 @@
 Runs the hot path's own code in one process, without sockets, so the difference is the
 observability work alone:
 
-- per chunk: ``relay_upstream`` over in-memory batches of parsed upstream chunks, without
+- per chunk: ``UpstreamRelay`` over in-memory batches of parsed upstream chunks, without
   ``on_batch`` and with ``RequestRecord.on_batch`` (metrics on: one histogram observation
   per batch), for batches of 1 chunk (paced streams) and of 32 chunks (unpaced streams);
 - per streamed request: the client-disconnect watch (one task waiting on ``receive``);
@@ -23,18 +23,20 @@ import io
 import json
 import logging
 import timeit
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Any
 
-from llm_service.limits import ClientWatch
+from llm_service.http.disconnect import ClientWatch
 from llm_service.observability import Metrics, Observability
 from llm_service.observability.logs import handler_for
 from llm_service.observability.tracing import build_tracing
-from llm_service.prompting import BuiltPrompt
-from llm_service.schemas import ChatRequest
-from llm_service.service import Prepared
+from llm_service.protocol.opea import ChatRequest
+from llm_service.protocol.openai import OpenAIChunkEncoder
+from llm_service.rag import BuiltPrompt
+from llm_service.serving.chat import Prepared
+from llm_service.serving.relay import Answer, FrameList, UpstreamRelay
 from llm_service.settings import Settings
-from llm_service.streaming import Answer, OpenAIChunkEncoder, relay_upstream
+from llm_service.upstream.stream import BatchSink
 
 SCOPE: dict[str, Any] = {
     "type": "http", "method": "POST", "path": "/v1/chat/completions",
@@ -60,17 +62,31 @@ def relay_seconds(
         for start in range(0, CHUNKS_PER_ANSWER, per_batch)
     ]
 
-    async def upstream() -> AsyncGenerator[list[dict[str, Any]], object]:
-        for batch in batches:
-            yield batch
+    class Upstream:
+        """The batches in memory, as the relay's ``BatchSource``."""
+
+        def __init__(self) -> None:
+            self.first = batches[0]
+            self.rest = iter(batches[1:])
+
+        async def next(self) -> list[dict[str, Any]]:
+            return next(self.rest, [])
+
+        async def push(self, sink: BatchSink) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    async def upstream() -> Upstream:
+        return Upstream()
 
     async def run(hook: Callable[[], object] | None) -> None:
         for _ in range(answers):
             encoder = OpenAIChunkEncoder("m")
-            async for _frame in relay_upstream(
-                upstream(), encoder, Answer(), lambda _t: None, hook
-            ):
-                pass
+            relay = UpstreamRelay(upstream, encoder, Answer(), lambda _t: None, hook)
+            await relay.start()
+            await relay.run(FrameList())
 
     loop = asyncio.new_event_loop()
     plain: list[float] = []
@@ -101,7 +117,7 @@ def request_seconds(obs: Observability, number: int) -> float:
 
     def one() -> None:
         record = obs.begin(SCOPE, "/v1/chat/completions")
-        record.prepared = done
+        record.answer, record.context = done.answer, done.built.context
         obs.start_generation(record, stream=True)
         record.on_batch()
         obs.end(record)

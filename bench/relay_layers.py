@@ -5,8 +5,8 @@ three ways to handle it, each timed over 200,000 chunks on uvloop::
 
     base     the wake-up alone
     flat     wake-up, split the SSE lines, orjson.loads, encode the content frame, inline
-    layered  the same through the service's layers: an async generator of parsed batches
-             (like ``UpstreamClient.stream_chat``) feeding ``relay_upstream``
+    layered  the same through the service's layers: a source of parsed batches (like
+             ``upstream.stream.UpstreamStream``) relayed by ``serving.relay.UpstreamRelay``
 
     taskset -c 0 uv run --no-sync python -m bench.relay_layers
 
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 import uvloop
 
-from llm_service.streaming import Answer, OpenAIChunkEncoder, relay_upstream
+from llm_service.protocol.openai import OpenAIChunkEncoder
+from llm_service.serving.relay import Answer, FrameList, UpstreamRelay
+from llm_service.upstream.stream import BatchSink
 
 CHUNK = (
     b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m",'
@@ -45,10 +47,34 @@ class Source:
         return CHUNK
 
 
-async def batches(source: Source) -> AsyncGenerator[list[dict[str, Any]], object]:
-    for _ in range(N):
-        data = await source.read()
-        yield [orjson.loads(line[5:].strip()) for line in data.split(b"\n") if line[:5] == b"data:"]
+class Batches:
+    """Parsed batches of ``Source``'s reads, pulled (the relay's ``BatchSource``)."""
+
+    def __init__(self) -> None:
+        self.source = Source()
+        self.left = N
+        self.first: list[dict[str, Any]] = []
+
+    async def next(self) -> list[dict[str, Any]]:
+        if not self.left:
+            return []
+        self.left -= 1
+        data = await self.source.read()
+        return [
+            orjson.loads(line[5:].strip()) for line in data.split(b"\n") if line[:5] == b"data:"
+        ]
+
+    async def push(self, sink: BatchSink) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+async def opened() -> Batches:
+    batches = Batches()
+    batches.first = await batches.next()
+    return batches
 
 
 async def base() -> None:
@@ -68,9 +94,9 @@ async def flat() -> None:
 
 
 async def layered() -> None:
-    frames = relay_upstream(batches(Source()), OpenAIChunkEncoder("m"), Answer(), lambda _: None)
-    async for _ in frames:
-        pass
+    relay = UpstreamRelay(opened, OpenAIChunkEncoder("m"), Answer(), lambda _: None)
+    await relay.start()
+    await relay.run(FrameList())
 
 
 def main() -> None:

@@ -30,16 +30,16 @@ __version__ = "0.1.0"
 __all__ = ["Settings", "__version__", "build_chain", "build_prompt", "create_app"]
 
 if TYPE_CHECKING:
-    from llm_service.app import create_app
     from llm_service.chain import build_chain
-    from llm_service.prompting import build_prompt
+    from llm_service.http.app import create_app
+    from llm_service.rag import build_prompt
     from llm_service.settings import Settings
 
 _LAZY = {
     "Settings": "llm_service.settings",
     "build_chain": "llm_service.chain",
-    "build_prompt": "llm_service.prompting",
-    "create_app": "llm_service.app",
+    "build_prompt": "llm_service.rag",
+    "create_app": "llm_service.http.app",
 }
 
 

@@ -71,7 +71,7 @@ def serve(settings: Settings) -> int:
 
     import uvicorn
 
-    from llm_service.app import create_app
+    from llm_service.http.app import create_app
 
     try:
         app = create_app(settings)
@@ -112,7 +112,7 @@ def raise_open_files_limit() -> None:
 async def check(settings: Settings) -> int:
     """Print a readable report; exit 1 when something needed to serve is missing."""
     from llm_service.errors import ServiceError
-    from llm_service.prompting import PromptError, PromptLibrary
+    from llm_service.rag import PromptError, PromptLibrary
     from llm_service.upstream import build_client
 
     ok = True
@@ -163,8 +163,8 @@ def prompt(settings: Settings, source: str) -> int:
     """Render the prompt of one request (the HTTP body's JSON) to stdout."""
     from pydantic import ValidationError
 
-    from llm_service.prompting import PromptError, PromptLibrary, PromptStep
-    from llm_service.schemas import ChatRequest
+    from llm_service.protocol.opea import ChatRequest
+    from llm_service.rag import PromptError, PromptLibrary, PromptStep
 
     try:
         if source == "-":

@@ -155,7 +155,7 @@ class Settings(BaseSettings):
         "INFO", description="Log level."
     )
 
-    # --- issue 6: connectivity (servers, TLS, timeouts, replicas, start-up) ----------------
+    # --- connectivity: servers, TLS, timeouts, replicas, start-up ---------------------------
     model_api: Literal["chat", "completions"] = Field(
         "chat",
         description="Model-server API: 'chat' (/v1/chat/completions) or 'completions' "
@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         "answer /v1/models; the service serves meanwhile, /v1/ready says 503. 0: no check.",
     )
 
-    # --- issue 11: LangServe routes and playground ----------------------------------------
+    # --- LangServe routes and playground --------------------------------------------------
     langserve_path: str = Field(
         "/llm",
         pattern=r"^(/[A-Za-z0-9._~-]+)+$",
@@ -202,7 +202,7 @@ class Settings(BaseSettings):
         True, description="Serve the playground page at <LLM_LANGSERVE_PATH>/playground."
     )
 
-    # --- operations (issue 8): logs, metrics, tracing ---------------------------------------
+    # --- operations: logs, metrics, tracing -----------------------------------------------
     log_format: Literal["json", "text"] = Field(
         "json",
         description="Log line format: json (one JSON object per line, with request_id) or "
@@ -217,7 +217,7 @@ class Settings(BaseSettings):
         "http://otel-collector:4318; spans go to <url>/v1/traces). Empty: tracing off.",
     )
 
-    # --- reliability and security (issue 7) -------------------------------------------------
+    # --- reliability and security ------------------------------------------------------------
     max_concurrent: int = Field(
         0,
         ge=0,

@@ -41,12 +41,12 @@ class Script:
     malformed_after: int | None = None  # send a broken JSON chunk after this many chunks
     error_chunk_after: int | None = None  # vLLM-style {"error": ...} chunk mid-stream
     tokens_per_write: int = 1  # >1: several chunks in one write (as servers coalesce)
-    # --- issue 6: connectivity quirks ---
+    # --- connectivity quirks ---
     stall_after: int | None = None  # pause after this many content chunks ...
     stall_for: float = 0.0  # ... for this many seconds (an idle gap mid-stream)
     usage_in_finish_chunk: bool = False  # TGI: usage rides on the finish chunk
     error_chunk: Any = None  # the body of the error_chunk_after chunk (default: vLLM's)
-    # --- fault injection (issue 7) ---
+    # --- fault injection ---
     hang_after: int | None = None  # after this many content chunks: silence until the client closes
     empty_200: bool = False  # answer 200 with an empty body
 
@@ -67,9 +67,9 @@ class FakeOpenAI:
         self.open_streams = 0
         self.max_model_len: int | None = 4096  # reported in /v1/models, as vLLM does
         self.tokenize_calls = 0
-        # issue 6: a bearer-token check (401 when it fails), e.g. a token server's validator
+        # A bearer-token check (401 when it fails), e.g. a token server's validator
         self.accept_token: Callable[[str], bool] | None = None
-        # When each stream ended (finished or cut), by its last message's content (issue 7).
+        # When each stream ended (finished or cut), by its last message's content.
         self.ended_at: dict[str, float] = {}
 
     def push(self, *scripts: Script) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import uvicorn
 from aiohttp import web
 
-from llm_service.app import create_app
+from llm_service.http.app import create_app
 from llm_service.settings import Settings
 from llm_service.upstream.embedded import free_port as free_port
 from tests.fake_openai import FakeOpenAI

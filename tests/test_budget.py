@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from llm_service.budget import (
+from llm_service.rag.budget import (
     MESSAGE_OVERHEAD,
     PROMPT_OVERHEAD,
     BudgetExceeded,

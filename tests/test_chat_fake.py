@@ -402,7 +402,8 @@ def test_runnable_events_give_the_same_sse(
     import asyncio
 
     from llm_service import Settings, build_chain
-    from llm_service.streaming import Answer, OpenAIChunkEncoder, chunks_of_events, relay_chain
+    from llm_service.protocol.openai import OpenAIChunkEncoder
+    from llm_service.serving.relay import Answer, ChainRelay, chunks_of_events, collect
 
     messages = [{"role": "user", "content": "hi"}]
     script = Script(tokens=["A", " [1]", " b", "c", "d"], tokens_per_write=2)
@@ -425,10 +426,10 @@ def test_runnable_events_give_the_same_sse(
 
     async def via_events() -> bytes:
         events = chain.astream_events({"messages": messages}, version="v2")
-        frames = relay_chain(
+        relay = ChainRelay(
             chunks_of_events(events), OpenAIChunkEncoder("fake-model"), Answer(), lambda _: None
         )
-        return b"".join([frame async for frame in frames])
+        return await collect(relay)
 
     fake.push(script)
     assert normalized(asyncio.run(via_events()).decode()) == route

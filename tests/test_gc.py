@@ -2,7 +2,7 @@
 
 A reference cycle per request (a cancelled task whose exception holds its frame, which holds
 the task) is garbage only the collector can free: it piles up between collections, and each
-collection then pauses every stream for longer (docs/performance.md, 2026-12-01). This runs
+collection then pauses every stream for longer (docs/performance.md). This runs
 streamed and whole requests through the service with ``gc.DEBUG_SAVEALL`` and checks that no
 task, coroutine or frame of the service or uvicorn ended up in a cycle.
 """

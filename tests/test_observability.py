@@ -452,7 +452,7 @@ def test_tracing_off_imports_no_sdk(fake_server: FakeServer) -> None:
     installed: those are loaded by the imports alone) and create no tracer."""
     script = f"""
 import sys, httpx
-import llm_service.app, tests.servers
+import llm_service.http.app, tests.servers
 def otel():
     return {{m for m in sys.modules if m.startswith("opentelemetry")}}
 imported = otel()

@@ -9,21 +9,14 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from llm_service.documents import (
+from llm_service.rag import PromptError, PromptLibrary, PromptStep, build_prompt
+from llm_service.rag.documents import (
     cited_ids,
     format_document,
     trailer_document,
     unique_documents,
 )
-from llm_service.prompting import (
-    PromptError,
-    PromptLibrary,
-    PromptStep,
-    TemplateSpec,
-    build_prompt,
-    bundled_prompts_dir,
-    load_templates,
-)
+from llm_service.rag.templates import TemplateSpec, bundled_prompts_dir, load_templates
 
 
 def build(inp: dict[str, Any], library: PromptLibrary | None = None) -> list[dict[str, str]]:

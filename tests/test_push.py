@@ -1,9 +1,9 @@
 """Push mode: tokens written to the client from the model server connection's callback.
 
 Three layers, each against real sockets: ``StreamConnection.pump`` (the transport hands the
-body to a callback instead of waking a reader), ``UpstreamClient.stream_chat``'s ``asend``
-protocol (parsed batches to a sink), and ``api.direct`` (uvicorn's chunked response written
-from outside the request's task). The route's bytes in push and pull mode are compared in
+body to a callback instead of waking a reader), ``UpstreamStream.push`` (parsed batches
+to a sink), and ``http.push`` (uvicorn's chunked response written from outside the request's
+task). The route's bytes in push and pull mode are compared in
 ``test_chat_fake.test_route_via_chain_gives_the_same_sse``.
 """
 
@@ -21,10 +21,9 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from llm_service.api.direct import DirectWriter, direct_writer
-from llm_service.streaming import WriteBatch
+from llm_service.http.push import DirectWriter, WriteBatch, direct_writer
 from llm_service.upstream import build_client
-from llm_service.upstream.client import Chunk
+from llm_service.upstream.sse import Chunk
 from llm_service.upstream.wire import ReadTimeout
 from tests.fake_openai import FakeOpenAI, Script
 from tests.servers import FakeServer, ServiceServer, free_port, settings_for
@@ -108,14 +107,14 @@ async def test_pump_returns_on_silence_and_read_reports_it() -> None:
         p.release(conn)
 
 
-# --- the client: stream_chat's asend protocol ---------------------------------------------
+# --- the client: an upstream stream pushed to a sink ----------------------------------------
 
 
-def test_stream_chat_pushes_batches_after_the_first(
+def test_open_stream_pushes_batches_after_the_first(
     fake_server: FakeServer, fake: FakeOpenAI
 ) -> None:
     """The first batch is pulled (retries and the first-token deadline apply to it); after
-    ``asend(sink)`` every further batch reaches the sink and asend ends with the answer."""
+    ``push(sink)`` every further batch reaches the sink, and ``next`` then reports the end."""
     fake.push(Script(tokens=[f" t{i}" for i in range(20)], token_delay=0.005))
     settings = settings_for(fake_server.url)
 
@@ -123,12 +122,14 @@ def test_stream_chat_pushes_batches_after_the_first(
         client = build_client(settings, fake_server.url)
         await client.start()
         try:
-            stream = client.stream_chat({"model": "fake-model", "messages": []})
-            first = await anext(stream)
-            pushed: list[list[Chunk]] = []
-            with pytest.raises(StopAsyncIteration):
-                await stream.asend(collect(pushed))
-            return first, pushed
+            stream = await client.open_stream({"model": "fake-model", "messages": []})
+            try:
+                pushed: list[list[Chunk]] = []
+                await stream.push(collect(pushed))
+                assert await stream.next() == []
+                return stream.first, pushed
+            finally:
+                stream.close()
         finally:
             await client.aclose()
 

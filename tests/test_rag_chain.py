@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableLambda
 
 from llm_service import build_chain
-from llm_service.rag_chain import RagChain
+from llm_service.chain import RagChain
 from llm_service.settings import Settings
 from tests.fake_openai import FakeOpenAI, Script
 from tests.servers import FakeServer

@@ -222,7 +222,7 @@ def test_public_api_is_typed_and_documented() -> None:
     import llm_service
 
     assert resources.files("llm_service").joinpath("py.typed").is_file()
-    assert resources.files("llm_service").joinpath("static/playground.html").is_file()
+    assert resources.files("llm_service").joinpath("http/static/playground.html").is_file()
     for name in llm_service.__all__:
         obj = getattr(llm_service, name)
         assert name == "__version__" or (obj.__doc__ or "").strip(), name

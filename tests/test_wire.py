@@ -10,6 +10,7 @@ writes.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -77,7 +78,7 @@ async def serve(handler: Callable[[Server], Handler]) -> AsyncIterator[Server]:
 
 @asynccontextmanager
 async def pool() -> AsyncIterator[StreamPool]:
-    p = StreamPool(ssl_context=True, connect_timeout=2.0)
+    p = StreamPool(ssl_context=ssl.create_default_context(), connect_timeout=2.0)
     try:
         yield p
     finally:
@@ -248,7 +249,7 @@ async def test_refused_connection_and_header_injection() -> None:
 
 async def test_requests_past_the_limit_wait_for_a_connection() -> None:
     async with serve(keep_alive_sse) as server:
-        p = StreamPool(ssl_context=True, connect_timeout=2.0, limit=1)
+        p = StreamPool(ssl_context=ssl.create_default_context(), connect_timeout=2.0, limit=1)
         try:
             first = await p.open(server.url, b"{}", {}, total=5.0)
             second = asyncio.create_task(p.open(server.url, b"{}", {}, total=5.0))

@@ -12,13 +12,10 @@ import logging
 import re
 import secrets
 import sys
-from contextvars import ContextVar
 from typing import Any
 
+from llm_service.context import request_id
 from llm_service.settings import Settings
-
-request_id: ContextVar[str] = ContextVar("request_id", default="-")
-"""The id of the request being served (``-`` outside requests)."""
 
 access_log = logging.getLogger("llm_service.access")
 
@@ -33,13 +30,6 @@ def new_request_id(incoming: bytes | None) -> str:
         if _VALID_ID.fullmatch(text):
             return text
     return secrets.token_hex(16)
-
-
-def upstream_headers() -> dict[str, str] | None:
-    """The current request's id for the model server (None outside a request): for model
-    calls that do not come through the chat route's own hook (the chain's model step)."""
-    rid = request_id.get()
-    return None if rid == "-" else {"X-Request-ID": rid}
 
 
 class RequestIdFilter(logging.Filter):

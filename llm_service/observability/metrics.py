@@ -68,9 +68,9 @@ class _EmbeddedState(Collector):
 
 class LoopHistogram(Collector):
     """A histogram observed from the event loop's thread only: a bisect and two additions,
-    no lock (≈ 0.2 µs against ≈ 1.4 µs for ``prometheus_client.Histogram.observe`` on this
-    machine). For the one metric observed per relayed batch; the scrape also runs on the
-    loop, so it never sees a half-done observation."""
+    no lock (several times cheaper than ``prometheus_client.Histogram.observe``). For the
+    one metric observed per relayed batch; the scrape also runs on the loop, so it never
+    sees a half-done observation."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
         self.name = name

@@ -12,35 +12,60 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.types import Scope
 
+from llm_service.context import request_id
 from llm_service.errors import ServiceError, UpstreamError
-from llm_service.observability.logs import access_log, new_request_id, request_id
+from llm_service.observability.logs import access_log, new_request_id
 from llm_service.observability.metrics import Metrics, endpoint_label
 from llm_service.observability.tracing import Tracing
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from llm_service.service import Prepared
-
 REQUEST_ID_HEADER = b"x-request-id"
 QUIET_ROUTES = frozenset({"/v1/health_check", "/v1/ready", "/metrics"})
 """Probes and scrapes: their access lines are DEBUG, not INFO."""
 
 
+class AnswerFacts(Protocol):
+    """What the serving layer's answer tells the record (``serving.relay.Answer``)."""
+
+    @property
+    def text_parts(self) -> Sequence[str]: ...
+
+    @property
+    def finish_reason(self) -> str | None: ...
+
+    @property
+    def usage(self) -> Mapping[str, Any] | None: ...
+
+    @property
+    def error(self) -> ServiceError | None: ...
+
+
+class ContextFacts(Protocol):
+    """What the token budget tells the record (``rag.budget.ContextReport``)."""
+
+    @property
+    def docs_used(self) -> int: ...
+
+    @property
+    def docs_dropped(self) -> int: ...
+
+
 class RequestRecord:
-    """What one request did, filled in by the route as it goes."""
+    """What one request did, filled in by the serving layer as it goes."""
 
     __slots__ = (
-        "_token", "first_token", "generating", "headers", "itl", "last_batch",
-        "method", "model_span", "prepared", "request_id", "route", "span", "start", "status",
-        "stream", "upstream_error",
+        "_token", "answer", "context", "first_token", "generating", "headers", "itl",
+        "last_batch", "method", "model_span", "request_id", "route", "span", "start",
+        "status", "stream", "upstream_error",
     )  # fmt: skip
 
     def __init__(self, route: str, method: str, rid: str, itl: Callable[[float], None] | None):
@@ -55,7 +80,8 @@ class RequestRecord:
         self.first_token: float | None = None
         self.last_batch = 0.0
         self.itl = itl
-        self.prepared: Prepared | None = None
+        self.answer: AnswerFacts | None = None  # the generation's outcome, once it runs
+        self.context: ContextFacts | None = None  # what the token budget kept
         self.upstream_error: ServiceError | None = None
         self.span: Span | None = None
         self.model_span: Span | None = None
@@ -141,8 +167,7 @@ class Observability:
     def end(self, record: RequestRecord) -> None:
         """Metrics, spans and the access line of a finished request."""
         now = time.perf_counter()
-        prepared = record.prepared
-        answer = prepared.answer if prepared is not None else None
+        answer = record.answer
         if answer is not None and answer.error is not None:
             record.upstream_error = answer.error  # failed mid-stream, after a 200
         prompt_tokens = completion_tokens = None
@@ -174,9 +199,7 @@ class Observability:
         completion_tokens: int | None,
     ) -> None:
         """The access line: what happened, never what was asked."""
-        prepared = record.prepared
-        answer = prepared.answer if prepared is not None else None
-        context = prepared.built.context if prepared is not None else None
+        answer, context = record.answer, record.context
         fields: dict[str, Any] = {
             "request_id": record.request_id, "method": record.method, "route": record.route,
             "status": record.status, "duration_ms": round((now - record.start) * 1000, 2),
@@ -219,8 +242,7 @@ class Observability:
         error = record.upstream_error
         if error is not None:
             metrics.upstream_errors.labels(error.type, endpoint_label(self.endpoint())).inc()
-        prepared = record.prepared
-        context = prepared.built.context if prepared is not None else None
+        context = record.context
         if context is not None and context.docs_dropped:
             metrics.docs_dropped.inc(context.docs_dropped)
 

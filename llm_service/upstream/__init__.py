@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from llm_service.settings import Settings
 from llm_service.upstream.auth import Auth, OAuthClientCredentials, StaticKeyAuth
-from llm_service.upstream.client import Chunk, UpstreamClient
+from llm_service.upstream.client import UpstreamClient
+from llm_service.upstream.sse import Chunk
 
 
 def build_auth(settings: Settings) -> Auth:

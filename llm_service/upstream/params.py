@@ -16,6 +16,18 @@ from llm_service.settings import ModelServer
 
 log = logging.getLogger(__name__)
 
+SAMPLING_KEYS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "typical_p",
+    "repetition_penalty",
+    "stop",
+    "seed",
+)
+"""Every sampling parameter a request or a bound chat model may set."""
+
 OPENAI_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 # Our name -> the name the server's OpenAI-compatible endpoint accepts.
@@ -45,15 +57,3 @@ def sampling_payload(server: ModelServer, params: Mapping[str, Any]) -> dict[str
         else:
             out[wire] = value
     return out
-
-
-# Finish reasons outside OpenAI's set, as some servers report them (TGI's Messages API in
-# versions before 2.1 says "eos_token"; its generate API says "stop_sequence").
-FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "end_turn": "stop"}
-
-
-def finish_reason(reason: str | None) -> str:
-    """OpenAI's finish reason for what a server reported (none: "stop")."""
-    if not reason:
-        return "stop"
-    return FINISH_REASONS.get(reason, reason)

@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 transport for streamed answers: the per-token hot path.
 
 A streamed answer is one POST followed by many small reads, one per token when the model
-server paces them. aiohttp's client pays ≈ 13 µs of Python per read for its StreamReader,
-timer contexts, chunk bookkeeping and wake-ups (py-spy, paced c=1000, docs/performance.md).
-This module does only what a streamed answer needs, at a fraction of that: an
+server paces them. aiohttp's client pays for a StreamReader, timer contexts, chunk
+bookkeeping and a wake-up on every read (docs/performance.md has the profile). This module
+does only what a streamed answer needs, at a fraction of that: an
 ``asyncio.Protocol`` per kept-alive connection, the response parsed by ``httptools`` (the C
 parser uvicorn uses), one future set per network read, and timers armed per request, not
 per read. Whole answers, ``/v1/models`` and token requests keep using aiohttp.
@@ -358,18 +358,12 @@ class StreamPool:
     def __init__(
         self,
         *,
-        ssl_context: ssl.SSLContext | bool,
+        ssl_context: ssl.SSLContext,
         connect_timeout: float | None,
         limit: int = 2048,
     ) -> None:
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(limit)
-        if ssl_context is True:
-            ssl_context = ssl.create_default_context()
-        elif ssl_context is False:
-            ssl_context = ssl.create_default_context()
-            ssl_context.check_hostname = False
-            ssl_context.verify_mode = ssl.CERT_NONE
         self.ssl_context = ssl_context
         self._idle: dict[Origin, list[StreamConnection]] = {}
         self._targets: dict[str, tuple[Origin, bytes, bytes]] = {}

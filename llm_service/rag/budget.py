@@ -44,24 +44,59 @@ def estimate_tokens(text: str) -> int:
 
 
 class Budget(Protocol):
-    """Where the prompt step learns its token budget and counts tokens."""
+    """Where the prompt step learns the context window and counts tokens (the model
+    server, in ``llm_service.upstream.budget``)."""
 
     max_model_len: int | None
+    default_max_tokens: int
 
     @property
     def counted_by(self) -> str:
         """How ``count`` counts: "server" or "estimate"."""
         ...
 
-    async def tokens_for(self, max_tokens: int | None) -> int | None:
-        """Tokens the prompt may use, or None when the context window is unknown."""
+    async def window(self) -> int | None:
+        """The model's context window in tokens, or None when it is unknown."""
         ...
 
-    async def count(self, texts: Sequence[str]) -> list[int]: ...
+    async def count(self, texts: Sequence[str]) -> list[int] | None:
+        """Each text's token count, or None where nothing can count them (then the prompt
+        step estimates)."""
+        ...
 
 
 class BudgetExceeded(ValueError):
-    """The question (with the template) alone does not fit in the context window."""
+    """The prompt cannot fit; ``param`` names the request field at fault."""
+
+    def __init__(self, message: str, param: str = "question") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+async def tokens_for(budget: Budget, max_tokens: int | None) -> int | None:
+    """Tokens the prompt may use (the window minus the answer's room), or None when the
+    context window is unknown."""
+    window = await budget.window()
+    if window is None:
+        return None
+    wanted = max_tokens or budget.default_max_tokens
+    if wanted >= window:
+        raise BudgetExceeded(
+            f"max_tokens: {wanted} leaves no room for the prompt in the model's "
+            f"context window of {window} tokens",
+            param="max_tokens",
+        )
+    return window - wanted
+
+
+def counter_of(budget: Budget) -> Counter:
+    """``budget.count``, estimating locally where it cannot count."""
+
+    async def count(texts: Sequence[str]) -> list[int]:
+        counts = await budget.count(texts)
+        return counts if counts is not None else [estimate_tokens(t) for t in texts]
+
+    return count
 
 
 @dataclass

@@ -1,11 +1,4 @@
-"""Prompt building: templates from ``prompts/``, documents, history and the token budget.
-
-The chain's first step turns either ready-made chat messages (the seed's form: a prompt
-service upstream built them) or ``{question, reranked_docs, history}`` into the chat
-messages sent to the model. It is plain Python, usable without HTTP or a model::
-
-    from llm_service import build_prompt
-    build_prompt({"question": "What is DL?", "reranked_docs": [...]})  # -> list[BaseMessage]
+"""Prompt templates: the library of ``prompts/`` and templates sent with a request.
 
 Template text is a ``ChatPromptTemplate`` (f-string placeholders ``{question}``,
 ``{reranked_docs}``, ``{history}``); document, question and history text are values and are
@@ -18,29 +11,17 @@ import string
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import Runnable, RunnableLambda
 
-from llm_service.aio import run_sync
-from llm_service.budget import Budget, BudgetExceeded, ContextReport, Pieces, fit
-from llm_service.documents import (
-    format_document,
-    format_history,
-    format_turn,
-    history_messages,
-    join_documents,
-    unique_documents,
-)
+from llm_service.protocol.openai import role_of
+from llm_service.rag.documents import history_messages
 
 REQUIRED_VARIABLES = frozenset({"question", "reranked_docs"})
 KNOWN_VARIABLES = REQUIRED_VARIABLES | {"history"}
-_ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
-_ROLES = {"system", "user", "assistant", "tool"}
-_ROLE_ALIASES = {"human": "user", "ai": "assistant"}
 
 
 class PromptError(ValueError):
@@ -55,13 +36,10 @@ class PromptError(ValueError):
 
 
 def bundled_prompts_dir() -> Path:
-    """The prompts folder shipped with the service (inside the wheel, or the repo's)."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "prompts"
-    return packaged if packaged.is_dir() else here.parent / "prompts"
-
-
-# --- templates -----------------------------------------------------------------------------
+    """The prompts folder shipped with the service: package data inside an installed wheel,
+    else the repository's top-level ``prompts/`` (a source checkout or editable install)."""
+    packaged = Path(str(resources.files("llm_service"))) / "prompts"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "prompts"
 
 
 @dataclass(frozen=True)
@@ -167,7 +145,7 @@ class PromptTemplate:
         messages = self.chat_template.format_messages(
             **{k: v for k, v in values.items() if k in self.variables}
         )
-        out = [{"role": _ROLE_OF_TYPE[m.type], "content": str(m.content)} for m in messages]
+        out = [{"role": role_of(m.type), "content": str(m.content)} for m in messages]
         if history and not self.has_history:  # history as prior chat turns instead
             out[1:1] = history_messages(history)
         return out
@@ -213,111 +191,3 @@ class PromptLibrary:
             user=user if user is not None else fallback.user,
         )
         return PromptTemplate(spec)
-
-
-# --- the prompt step -----------------------------------------------------------------------
-
-
-@dataclass
-class BuiltPrompt:
-    """The messages to send, the documents that made it in, and what the budget did."""
-
-    messages: list[dict[str, str]]
-    docs: list[Mapping[str, Any]]
-    context: ContextReport | None = None
-
-
-def normalize_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """OpenAI-style message dicts from dicts or LangChain messages (roles checked)."""
-    out: list[dict[str, str]] = []
-    for i, message in enumerate(messages):
-        content: Any
-        if isinstance(message, BaseMessage):
-            role, content = _ROLE_OF_TYPE.get(message.type, message.type), str(message.text)
-        elif isinstance(message, Mapping):
-            role = str(message.get("role"))
-            role = _ROLE_ALIASES.get(role, role)
-            content = message.get("content") or ""
-        else:
-            raise PromptError(f"messages.{i}: not a message: {message!r}")
-        if role not in _ROLES:
-            raise PromptError(f"messages.{i}.role: unknown role {role!r}")
-        entry = {"role": role, "content": str(content)}
-        if role == "tool" and isinstance(message, Mapping) and message.get("tool_call_id"):
-            entry["tool_call_id"] = str(message["tool_call_id"])
-        out.append(entry)
-    return out
-
-
-class PromptStep:
-    """Builds the model's messages from a RAG input, within the token budget.
-
-    ``abuild`` is what the HTTP route calls directly; ``as_runnable`` wraps the same code as
-    the chain's first step. Input keys: ``messages`` or ``question`` + ``reranked_docs`` +
-    ``history``; optionally ``prompt_template`` (a name), ``system_prompt_template`` /
-    ``user_prompt_template`` (template text) and ``max_tokens`` (for the budget).
-    """
-
-    def __init__(self, library: PromptLibrary, budget: Budget | None = None) -> None:
-        self.library = library
-        self.budget = budget  # None: no budget (e.g. build_prompt without a model server)
-
-    def template_for(self, inp: Mapping[str, Any]) -> PromptTemplate:
-        system, user = inp.get("system_prompt_template"), inp.get("user_prompt_template")
-        if system is not None or user is not None:
-            return self.library.custom(system, user, inp.get("prompt_template"))
-        return self.library.get(inp.get("prompt_template"))
-
-    async def abuild(self, inp: Mapping[str, Any], max_tokens: int | None = None) -> BuiltPrompt:
-        messages = inp.get("messages")
-        if messages:
-            return BuiltPrompt(normalize_messages(messages), list(inp.get("reranked_docs") or ()))
-        question = inp.get("question")
-        if not isinstance(question, str) or not question.strip():
-            raise PromptError("question: give non-empty 'messages' or a non-empty 'question'")
-        template = self.template_for(inp)
-        docs = unique_documents(inp.get("reranked_docs") or ())
-        history: list[Mapping[str, Any]] = list(inp.get("history") or ())
-        formatted_docs = [format_document(d) for d in docs]
-        context: ContextReport | None = None
-        budget = None
-        if self.budget is not None and (formatted_docs or history):
-            budget = await self.budget.tokens_for(max_tokens)
-        if self.budget is not None and budget is not None:
-            pieces = Pieces(
-                fixed=[template.spec.system, template.spec.user, question],
-                docs=formatted_docs,
-                history=[format_turn(t) for t in history],
-            )
-            try:
-                fitted = await fit(pieces, budget, self.budget.count, self.budget.counted_by)
-            except BudgetExceeded as exc:
-                raise PromptError(str(exc), param="question") from None
-            context = fitted.report
-            context.max_model_len = self.budget.max_model_len
-            formatted_docs, docs = fitted.docs, docs[: len(fitted.docs)]
-            history = history[len(history) - len(fitted.history) :]
-        else:
-            context = ContextReport(docs_used=len(docs), docs_dropped=0, history_used=len(history))
-        messages = template.render(
-            question, join_documents(formatted_docs), history, format_history(history)
-        )
-        return BuiltPrompt(messages, docs, context)
-
-    async def _arun(self, inp: Mapping[str, Any]) -> list[BaseMessage]:
-        built = await self.abuild(inp, inp.get("max_tokens"))
-        return convert_to_messages(built.messages)
-
-    def _run(self, inp: Mapping[str, Any]) -> list[BaseMessage]:
-        return run_sync(lambda: self._arun(inp))
-
-    def as_runnable(self) -> Runnable[Mapping[str, Any], list[BaseMessage]]:
-        return RunnableLambda(self._run, afunc=self._arun, name="rag_prompt")
-
-
-def build_prompt(
-    inp: Mapping[str, Any], *, template: str = "default", folder: Path | None = None
-) -> list[BaseMessage]:
-    """Render the prompt for one input without a model, HTTP or token budget."""
-    step = PromptStep(PromptLibrary.load(folder, template))
-    return step._run(inp)

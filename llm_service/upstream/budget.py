@@ -1,10 +1,10 @@
-"""The token budget's view of the model server: its context window and its tokenizer.
+"""The prompt budget's view of the model server: its context window and its tokenizer.
 
 ``max_model_len`` comes from ``/v1/models`` (vLLM reports it), else from the
 ``LLM_MAX_MODEL_LEN`` setting (for the embedded server: its ``n_ctx``). Tokens are counted
 by the server where it can (vLLM and Ray: ``/tokenize``; llama.cpp: ``/extras/tokenize/count``),
-else estimated locally with a safety margin; a server whose tokenizer fails is estimated from
-then on.
+else left to the prompt step's local estimate; a server whose tokenizer fails is estimated
+from then on. Implements ``llm_service.rag.budget.Budget`` without importing it (a Protocol).
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from llm_service.budget import estimate_tokens
 from llm_service.errors import ServiceError
-from llm_service.prompting import PromptError
 from llm_service.settings import ModelServer
 from llm_service.upstream.client import UpstreamClient
 
@@ -27,7 +25,7 @@ PROBE_RETRY_S = 30.0
 
 
 class ServerBudget:
-    """Implements ``budget.Budget`` against one model server."""
+    """The context window and token counts of one model server."""
 
     def __init__(
         self,
@@ -52,20 +50,7 @@ class ServerBudget:
     def counted_by(self) -> str:
         return "server" if self._server_counting else "estimate"
 
-    async def tokens_for(self, max_tokens: int | None) -> int | None:
-        window = await self._window()
-        if window is None:
-            return None
-        wanted = max_tokens or self.default_max_tokens
-        if wanted >= window:
-            raise PromptError(
-                f"max_tokens: {wanted} leaves no room for the prompt in the model's "
-                f"context window of {window} tokens",
-                param="max_tokens",
-            )
-        return window - wanted
-
-    async def _window(self) -> int | None:
+    async def window(self) -> int | None:
         now = time.monotonic()
         if self._learned or (self._probed_at and now - self._probed_at < PROBE_RETRY_S):
             return self.max_model_len
@@ -86,14 +71,14 @@ class ServerBudget:
         self._learned = True
         return self.max_model_len
 
-    async def count(self, texts: Sequence[str]) -> list[int]:
+    async def count(self, texts: Sequence[str]) -> list[int] | None:
         if self._server_counting:
             try:
                 return list(await asyncio.gather(*(self._count_one(t) for t in texts)))
             except (ServiceError, KeyError, TypeError) as exc:
                 log.warning("model server tokenizer failed (%s); estimating from now on", exc)
                 self._server_counting = False
-        return [estimate_tokens(t) for t in texts]
+        return None
 
     async def _count_one(self, text: str) -> int:
         reply: Any

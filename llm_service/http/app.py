@@ -1,4 +1,4 @@
-"""The FastAPI application: thin routers over ``ChatService``, resources owned by the lifespan.
+"""The FastAPI application: thin routes over the serving layer, resources owned by the lifespan.
 
 Nothing is created at import time: ``create_app(settings)`` builds the app, and its lifespan
 starts the embedded model server when no endpoint is configured, opens the upstream
@@ -14,27 +14,25 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_service import __version__
-from llm_service.api import health, langserve, metrics, opea
 from llm_service.chain import build_prompt_step
-from llm_service.errors import InvalidRequest, ServiceError
-from llm_service.limits import InboundAuth
+from llm_service.http import chat, errors, health, langserve, metrics
+from llm_service.http.auth import InboundAuth
+from llm_service.http.push import WriteBatch
 from llm_service.observability import build_observability
 from llm_service.observability.asgi import ObservedRoutes
-from llm_service.prompting import PromptLibrary
-from llm_service.schemas import ChatRequest
-from llm_service.service import ChatService
+from llm_service.protocol.opea import ChatRequest
+from llm_service.rag import PromptLibrary
+from llm_service.serving.chat import ChatService
 from llm_service.settings import Settings
 from llm_service.upstream import build_client
 from llm_service.upstream.embedded import EmbeddedServer
+from llm_service.upstream.readiness import wait_until_answers
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +78,10 @@ def create_app(
             settings, client, build_prompt_step(settings, client), observability=observability
         )
         app.state.embedded = embedded
-        # issue 6: the model server may come up after us; wait for it in the background
-        # (liveness is up at once, /v1/ready says 503 until the model server answers).
+        # The model server may come up after us; wait for it in the background (liveness
+        # is up at once, /v1/ready says 503 until the model server answers).
         waiter = (
-            asyncio.create_task(client.wait_until_answers(settings.startup_wait))
+            asyncio.create_task(wait_until_answers(client, settings.startup_wait))
             if settings.startup_wait > 0
             else None
         )
@@ -111,24 +109,23 @@ def create_app(
     )
     app.state.settings = settings
     app.state.observability = observability
-    app.include_router(opea.router)
+    # The push relay's client writes, one flush per event-loop pass (None: every frame
+    # through ASGI send).
+    app.state.writes = WriteBatch() if settings.push_relay else None
+    app.include_router(chat.router)
     app.include_router(health.router)
-    # issue 11: LangServe-style routes and the playground under LLM_LANGSERVE_PATH
     app.include_router(
         langserve.build_router(settings.langserve_path, playground=settings.playground_enabled)
     )
     if observability.metrics is not None:
         app.include_router(metrics.router)
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(RequestValidationError, _request_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    errors.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     build_stack = app.build_middleware_stack
 
     def observed_stack() -> Any:
         # Request ids, metrics and access lines for every route; the chat route does its own.
-        return ObservedRoutes(build_stack(), observability, skip=opea.PATH)
+        return ObservedRoutes(build_stack(), observability, skip=chat.PATH)
 
     app.build_middleware_stack = observed_stack  # type: ignore[method-assign]
     if settings.inbound_keys:  # LLM_API_KEYS: bearer keys in front of everything but health
@@ -138,16 +135,16 @@ def create_app(
         )
     if hot_path:
 
-        def chat(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-            return opea.handle_chat(app.state.service, scope, receive, send)
+        def hot(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+            return chat.handle_chat(app.state.service, app.state.writes, scope, receive, send)
 
-        app.hot = InboundAuth(chat, settings.inbound_keys) if settings.inbound_keys else chat
+        app.hot = InboundAuth(hot, settings.inbound_keys) if settings.inbound_keys else hot
     return app
 
 
 class ServiceApp(FastAPI):
     """FastAPI with the chat route's hot path in front of it: ``POST /v1/chat/completions``
-    goes straight to ``opea.handle_chat`` (behind the API-key check when keys are set),
+    goes straight to ``chat.handle_chat`` (behind the API-key check when keys are set),
     without FastAPI's and Starlette's ``__call__`` and the middleware stack. Every relayed
     token resumes the request's whole await chain, so each level left out counts."""
 
@@ -158,7 +155,7 @@ class ServiceApp(FastAPI):
         if (
             hot is not None
             and scope["type"] == "http"
-            and scope["path"] == opea.PATH
+            and scope["path"] == chat.PATH
             and scope["method"] == "POST"
         ):
             await hot(scope, receive, send)
@@ -177,39 +174,12 @@ def tune_gc() -> None:
 
     Start-up objects (modules, schemas, templates) move to the permanent generation, and
     collections run after 50,000 net allocations instead of 700: relaying creates many
-    short-lived, acyclic objects that reference counting frees anyway. Measured on the
-    Runnable path: about 20% more chunks/s.
+    short-lived, acyclic objects that reference counting frees anyway, and every collection
+    pauses every stream (docs/performance.md).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-
-
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
-        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
-
-
-async def _request_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-    err = InvalidRequest("; ".join(problems), param=None)
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-    err = ServiceError(str(exc.detail), status=exc.status_code, type=kind)
-    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    err = ServiceError("internal error", status=500)
-    return JSONResponse(err.body(), status_code=500)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

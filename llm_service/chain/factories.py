@@ -1,4 +1,4 @@
-"""The chain: prompt step | model step, one LangChain Runnable.
+"""Building the chain: the model step chosen by the settings, the prompt step, both joined.
 
 The HTTP service and a notebook run the same object::
 
@@ -11,21 +11,23 @@ The HTTP service and a notebook run the same object::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, BaseLLM, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 
-from llm_service.model import UpstreamChatModel, usage_metadata
-from llm_service.prompting import PromptLibrary, PromptStep
-from llm_service.rag_chain import RagChain
+from llm_service.chain.completions_model import CompletionsChatModel
+from llm_service.chain.rag_chain import RagChain
+from llm_service.chain.upstream_model import UpstreamChatModel
+from llm_service.rag import PromptLibrary, PromptStep
 from llm_service.settings import Settings
 from llm_service.upstream import build_client
+from llm_service.upstream.budget import ServerBudget
 from llm_service.upstream.client import UpstreamClient
+from llm_service.upstream.params import OPENAI_FIELDS, sampling_payload
+from llm_service.upstream.tls import verify_for
 
 
 def resolve_endpoint(settings: Settings, endpoint: str | None) -> str:
@@ -56,12 +58,12 @@ def build_model(
 
 
 def _chat_openai(settings: Settings, url: str) -> BaseChatModel:
+    # Imported on use: the openai SDK and langchain-openai take a second to import, and the
+    # default model step needs neither.
     import httpx
     from langchain_openai import ChatOpenAI
 
-    verify: bool | str = not settings.tls_skip_verify
-    if verify and settings.tls_ca_bundle is not None:
-        verify = str(settings.tls_ca_bundle)
+    verify = verify_for(settings)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     return ChatOpenAI(
         model=settings.model_name,
@@ -82,15 +84,14 @@ def _vllm_openai(settings: Settings, url: str) -> BaseLLM:
     """langchain-community's ``VLLMOpenAI`` on ``/v1/completions`` (LLM_MODEL_API=completions)."""
     import warnings
 
+    # Imported on use, as in _chat_openai; langchain-community is larger still.
     import openai
 
     with warnings.catch_warnings():  # "langchain-community is being sunset": known, noted
         warnings.simplefilter("ignore", DeprecationWarning)
         from langchain_community.llms import VLLMOpenAI
 
-    verify: bool | str = not settings.tls_skip_verify
-    if verify and settings.tls_ca_bundle is not None:
-        verify = str(settings.tls_ca_bundle)
+    verify = verify_for(settings)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     common: dict[str, Any] = {
         "api_key": key,
@@ -114,96 +115,8 @@ def _vllm_openai(settings: Settings, url: str) -> BaseLLM:
     return llm
 
 
-def messages_to_prompt(messages: list[BaseMessage]) -> str:
-    """One text prompt for a completions endpoint: the messages' texts, blank-line separated
-    (the prompt step's system part then its user part, as the seed sent them)."""
-    return "\n\n".join(m.text for m in messages if m.text)
-
-
-class CompletionsChatModel(BaseChatModel):
-    """A chat-model face on a text-completion LLM (``VLLMOpenAI``), so that the chain, the
-    route and the encoders work the same with ``LLM_MODEL_API=completions``. Sampling
-    parameters are bound like ``UpstreamChatModel``'s; OpenAI's go as they are, top_k and
-    repetition_penalty in ``extra_body`` (vLLM accepts them there)."""
-
-    llm: BaseLLM
-
-    @property
-    def _llm_type(self) -> str:
-        return "llm-service-completions"
-
-    def _params(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        from llm_service.model import SAMPLING_KEYS
-        from llm_service.settings import ModelServer
-        from llm_service.upstream.params import OPENAI_FIELDS, sampling_payload
-
-        params = {k: v for k, v in kwargs.items() if k in SAMPLING_KEYS}
-        if stop is not None:
-            params["stop"] = stop
-        payload = sampling_payload(ModelServer.VLLM, params)
-        out = {k: payload.pop(k) for k in OPENAI_FIELDS if k in payload}
-        if payload:
-            out["extra_body"] = payload
-        return out
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        params = self._params(stop, kwargs)
-        async for piece in self.llm._astream(messages_to_prompt(messages), **params):
-            finish = (piece.generation_info or {}).get("finish_reason")
-            metadata = {"finish_reason": finish} if finish else {}
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(content=piece.text, response_metadata=metadata),
-                generation_info={"finish_reason": finish} if finish else None,
-            )
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        result = await self.llm._agenerate(
-            [messages_to_prompt(messages)], **self._params(stop, kwargs)
-        )
-        return _chat_result(result)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        result = self.llm._generate([messages_to_prompt(messages)], **self._params(stop, kwargs))
-        return _chat_result(result)
-
-
-def _chat_result(result: LLMResult) -> ChatResult:
-    generation = result.generations[0][0]
-    finish = (generation.generation_info or {}).get("finish_reason")
-    usage = (result.llm_output or {}).get("token_usage") or {}
-    message = AIMessage(
-        content=generation.text,
-        response_metadata={"finish_reason": finish},
-        usage_metadata=usage_metadata(usage),
-    )
-    return ChatResult(
-        generations=[ChatGeneration(message=message, generation_info={"finish_reason": finish})],
-        llm_output=result.llm_output,
-    )
-
-
 def chatopenai_kwargs(settings: Settings, params: Mapping[str, Any]) -> dict[str, Any]:
     """Per-request kwargs for ChatOpenAI: OpenAI fields direct, the rest in ``extra_body``."""
-    from llm_service.upstream.params import OPENAI_FIELDS, sampling_payload
-
     payload = sampling_payload(settings.model_server, params)
     kwargs = {k: payload.pop(k) for k in OPENAI_FIELDS if k in payload and k != "max_tokens"}
     if payload:
@@ -273,8 +186,6 @@ def build_prompt_step(
     settings: Settings, client: UpstreamClient, *, max_tokens: int | None = None
 ) -> PromptStep:
     """The prompt step: the templates of ``LLM_PROMPTS_DIR`` and the server's token budget."""
-    from llm_service.upstream.tokens import ServerBudget
-
     window = settings.max_model_len or (settings.embedded_n_ctx if settings.embedded else None)
     budget = ServerBudget(
         client,

@@ -1,4 +1,4 @@
-"""Wire models: the JSON the service accepts and returns, and nothing else.
+"""The seed's OPEA wire format: the request (LLMParamsDoc, plus the RAG form) and GeneratedDoc.
 
 ``ChatRequest`` accepts the seed's LLMParamsDoc (``messages`` + ``max_new_tokens`` ...),
 OpenAI chat-completion requests (``max_tokens``, ``stop``, ``model``) and the RAG form
@@ -12,19 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-Role = Literal["system", "user", "assistant", "tool"]
-
-MAX_TEXT = 1_000_000  # characters in one message, question or document
-
-
-class ChatMessage(BaseModel):
-    """One OpenAI-style chat message."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    role: Role
-    content: str = Field(max_length=MAX_TEXT)
-    tool_call_id: str | None = None
+from llm_service.protocol.openai import MAX_TEXT, ChatMessage, StreamOptions, Usage
 
 
 class HistoryTurn(BaseModel):
@@ -54,10 +42,6 @@ class RerankedDoc(BaseModel):
 
     text: str = Field(max_length=MAX_TEXT)
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
@@ -132,12 +116,6 @@ class GeneratedChoice(BaseModel):
     finish_reason: str | None
 
 
-class Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
 class GeneratedDoc(BaseModel):
     """Whole answer: the seed's GeneratedDoc plus the OpenAI ``chat.completion`` fields."""
 
@@ -152,16 +130,3 @@ class GeneratedDoc(BaseModel):
     model: str
     choices: list[GeneratedChoice]
     usage: Usage | None = None
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: int
-
-
-class ErrorResponse(BaseModel):
-    """Every error the service returns, 4xx or 5xx, has this shape."""
-
-    error: ErrorBody

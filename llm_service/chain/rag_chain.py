@@ -5,7 +5,7 @@ It behaves like ``prompt | model`` (a ``RunnableSequence``): one chain run named
 ``with_retry``, ``with_fallbacks``, ``bind`` and ``|`` all work. It differs in one place,
 the stream: a ``RunnableSequence`` pulls every chunk of every step through a new asyncio task
 (to carry its config in a context variable) and through each step's ``atransform``, which
-costs about 60 µs per chunk here, three times the rest of the path. ``RagChain.astream``
+costs several times the rest of the path per chunk (docs/performance.md). ``RagChain.astream``
 builds the prompt once and then iterates the model's ``astream`` directly, passing the child
 config explicitly instead of through the context.
 """

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from llm_service.errors import ServiceError
-from llm_service.schemas import ErrorResponse
-from llm_service.service import ChatService
+from llm_service.protocol.openai import ErrorResponse
+from llm_service.serving.chat import ChatService
 
 router = APIRouter(tags=["health"])
 

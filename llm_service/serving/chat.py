@@ -1,9 +1,10 @@
-"""The service: what one chat-completion request does, independent of the web framework.
+"""What one chat-completion request does, independent of the web framework.
 
 A request is normalised into the chain's input, the chain's prompt step builds the messages
-(within the token budget), and the answer comes either straight from the upstream client
-(default: fastest) or through the chain's model step (when it is ChatOpenAI, or LangSmith
-tracing is on). Both ways give the same bytes.
+(within the token budget), the policy decides between a stream and a whole answer, and the
+answer comes either straight from the upstream client (default: fastest) or through the
+chain's model step (when it is ChatOpenAI, or LangSmith tracing is on). Both ways give the
+same bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,23 +22,18 @@ from langchain_core.runnables import Runnable
 from langsmith.utils import tracing_is_enabled
 
 from llm_service.chain import bind_params, build_model
-from llm_service.documents import citation_of, cited_ids, trailer_document
+from llm_service.chain.messages import openai_usage
 from llm_service.errors import InvalidRequest
-from llm_service.limits import Gate, check_input
-from llm_service.observability import Observability
-from llm_service.prompting import BuiltPrompt, PromptError, PromptStep
-from llm_service.schemas import ChatRequest
+from llm_service.observability import Observability, RequestRecord
+from llm_service.protocol.opea import ChatRequest
+from llm_service.protocol.openai import OpenAIChunkEncoder, finish_reason
+from llm_service.rag import BuiltPrompt, PromptError, PromptStep
+from llm_service.rag.documents import citation_of, cited_ids, trailer_document
+from llm_service.serving.limits import Gate, check_input
+from llm_service.serving.relay import Answer, ChainRelay, Relay, UpstreamRelay
 from llm_service.settings import Settings
-from llm_service.streaming import (
-    Answer,
-    FrameSink,
-    OpenAIChunkEncoder,
-    WriteBatch,
-    relay_chain,
-    relay_upstream,
-)
 from llm_service.upstream.client import UpstreamClient
-from llm_service.upstream.params import finish_reason, sampling_payload
+from llm_service.upstream.params import sampling_payload
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +66,14 @@ class Prepared:
         return out
 
 
+@dataclass
+class Streamed:
+    """A streamed answer past its point of no return: the first frame is ready."""
+
+    first: bytes
+    relay: Relay
+
+
 class ChatService:
     """Answers chat-completion requests with one prompt step and one model server."""
 
@@ -91,11 +95,44 @@ class ChatService:
         self.through_chain = (
             settings.route_via_chain
             or settings.model_client != "fast"
-            or settings.model_api == "completions"  # issue 6: VLLMOpenAI model step
+            or settings.model_api == "completions"  # the VLLMOpenAI model step
             or tracing_is_enabled()
         )
         self.gate = Gate(settings.max_concurrent)  # concurrent requests, for backpressure
-        self.writes = WriteBatch()  # the push relay's client writes, one flush per loop turn
+
+    async def answer(
+        self, request: ChatRequest, record: RequestRecord
+    ) -> dict[str, Any] | Streamed:
+        """The whole request: its prompt, the stream-or-whole policy, the model call.
+
+        Returns the GeneratedDoc of a whole answer, or a started stream. Raises a
+        ``ServiceError`` (a status code for the client) for anything that fails before the
+        first frame of a stream."""
+        obs = self.observability
+        with obs.prompt_span(record):
+            prepared = await self.prepare(request)
+        record.answer, record.context = prepared.answer, prepared.built.context
+        if self.streams(request):
+            headers = obs.start_generation(record, stream=True)
+            relay = self.stream(prepared, record.on_batch, headers)
+            try:
+                first = await relay.start()
+            except BaseException:
+                await relay.aclose()
+                raise
+            return Streamed(first, relay)
+        headers = obs.start_generation(record, stream=False)
+        return await self.complete(prepared, headers)
+
+    def streams(self, request: ChatRequest) -> bool:
+        """Stream when the request asks to, unless the settings say whole answers only (the
+        seed's LLM_DISABLE_STREAMING, or an output guard after us that streams itself)."""
+        settings = self.settings
+        return (
+            request.wants_stream()
+            and not settings.disable_streaming
+            and not settings.output_guard_exists
+        )
 
     # --- preparing -----------------------------------------------------------------------
 
@@ -173,11 +210,10 @@ class ChatService:
         prepared: Prepared,
         on_batch: Callable[[], object] | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> AsyncGenerator[bytes, FrameSink | None]:
-        """SSE bytes of the answer. Errors before the first frame raise; after it they
-        become an error event and a clean end. ``on_batch`` runs once per relayed batch;
-        ``headers`` go to the model server (request id, trace context). Straight from the
-        model server (not through the chain) it has a push mode: see ``relay_upstream``."""
+    ) -> Relay:
+        """The relay of the answer as SSE: straight from the model server, or through the
+        chain's model step. ``on_batch`` runs once per relayed batch; ``headers`` go to the
+        model server (request id, trace context)."""
         options = prepared.request.stream_options
         encoder = OpenAIChunkEncoder(
             self.model_name, include_usage=bool(options and options.include_usage)
@@ -185,11 +221,15 @@ class ChatService:
         answer = prepared.answer
         if self.through_chain:
             chunks: AsyncIterator[Any] = self.bound_model(prepared).astream(prepared.built.messages)
-            return relay_chain(chunks, encoder, answer, prepared.trailer, on_batch)
+            return ChainRelay(chunks, encoder, answer, prepared.trailer, on_batch)
         payload = self.payload(prepared)
         payload["stream_options"] = {"include_usage": True}
-        return relay_upstream(
-            self.client.stream_chat(payload, headers), encoder, answer, prepared.trailer, on_batch
+        return UpstreamRelay(
+            lambda: self.client.open_stream(payload, headers),
+            encoder,
+            answer,
+            prepared.trailer,
+            on_batch,
         )
 
     async def complete(
@@ -201,16 +241,7 @@ class ChatService:
             message = await self.bound_model(prepared).ainvoke(prepared.built.messages)
             text = str(message.text)
             finish = message.response_metadata.get("finish_reason")
-            usage_md = getattr(message, "usage_metadata", None)
-            usage = (
-                {
-                    "prompt_tokens": usage_md["input_tokens"],
-                    "completion_tokens": usage_md["output_tokens"],
-                    "total_tokens": usage_md["total_tokens"],
-                }
-                if usage_md
-                else None
-            )
+            usage = openai_usage(getattr(message, "usage_metadata", None))
         else:
             result = await self.client.chat(self.payload(prepared), headers)
             choice = result["choices"][0]

@@ -2,9 +2,10 @@
 
 A token relayed through the request's task costs a wake-up: a future set, the task resumed
 through every ``await`` between it and the socket, an ASGI ``send``. Under uvicorn's
-httptools server (what ``llm-service serve`` runs) the route can instead hand the response's
-transport to the upstream connection, which writes each token's frame as it parses it
-(``UpstreamClient.stream_chat``'s push mode): the task sleeps until the answer ends.
+httptools server (what ``llm-service serve`` runs) the relay can instead hand a writer on the
+response's transport to the upstream stream, which writes each token's frame as it parses it
+(``serving.relay.UpstreamRelay``): the task sleeps until the answer ends. This module is the
+only one that knows uvicorn's internals.
 
 ``DirectWriter`` writes the body exactly as uvicorn's ``send`` does for a chunked response
 (``<size in hex>\\r\\n<bytes>\\r\\n``) and says when to stop: the client's socket buffer is full
@@ -12,34 +13,61 @@ transport to the upstream connection, which writes each token's frame as it pars
 ``send`` again, which waits for the client like any ASGI response. Under any other server
 ``direct_writer`` returns None and every frame goes through ``send``.
 
-The frames of one pass of the event loop go out together (``streaming.WriteBatch``: one
-``call_soon`` per pass, not per token, which runs once the loop has handled that pass's
-network events and before it waits for more). A pass handles the reads of many streams;
-writing their frames back to back instead of one per callback lets a client that is waking
-up for the first frame take the next ones without being woken again. On this machine, with
-the load client on the other core, that took a paced token from ≈ 38 to ≈ 29 µs of service
-CPU (docs/performance.md). A frame waits for the rest of its pass (well under a millisecond
-at the loads measured); the metrics' token times are taken when it is encoded, just before.
-The route flushes its writer before anything it sends itself, so the bytes stay in order.
+The frames of one pass of the event loop go out together (``WriteBatch``: one ``call_soon``
+per pass, not per token, which runs once the loop has handled that pass's network events and
+before it waits for more). A pass handles the reads of many streams; writing their frames
+back to back instead of one per callback lets a client that is waking up for the first frame
+take the next ones without being woken again (docs/performance.md has the measurement). A
+frame waits for the rest of its pass; the metrics' token times are taken when it is encoded,
+just before. ``ResponseOut`` flushes its writer before anything it sends itself, so the
+bytes stay in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Protocol
 
 from starlette.types import Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from llm_service.streaming import WriteBatch
-
 log = logging.getLogger(__name__)
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class WriteBatch:
+    """Writers with frames waiting in this pass of the event loop, flushed together by one
+    ``call_soon`` callback. One per app, so one event loop."""
+
+    __slots__ = ("_writers",)
+
+    def __init__(self) -> None:
+        self._writers: list[Flushable] = []
+
+    def add(self, writer: Flushable) -> None:
+        """``writer`` has its first frame waiting in this pass: flush it with the others."""
+        if not self._writers:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._writers.append(writer)
+
+    def _flush(self) -> None:
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            try:
+                writer.flush()
+            except Exception:  # one writer's failure must not strand the others' frames
+                log.exception("flushing a stream's frames failed")
 
 
 _MAX_WAITING = 64 * 1024  # bytes kept for one flush before the writer asks to stop
 
 
 class DirectWriter:
-    """Chunked body writes to one uvicorn response's transport (a ``FrameSink``)."""
+    """Chunked body writes to one uvicorn response's transport (a ``relay.FrameSink``)."""
 
     __slots__ = ("_batch", "_broken", "_cycle", "_flow", "_pending", "_size", "_write")
 
@@ -99,3 +127,24 @@ def direct_writer(send: Send, batch: WriteBatch) -> DirectWriter | None:
         return DirectWriter(cycle, batch)
     except AttributeError:  # another uvicorn inside: no push (tests/test_push.py notices)
         return None
+
+
+class ResponseOut:
+    """The body of one SSE response as a relay's ``FrameOut``: frames through ASGI ``send``,
+    or from the network callback through a ``DirectWriter`` while the client keeps up."""
+
+    __slots__ = ("_direct", "_send")
+
+    def __init__(self, send: Send, direct: DirectWriter | None) -> None:
+        self._send = send
+        self._direct = direct
+
+    def sink(self) -> DirectWriter | None:
+        direct = self._direct
+        return direct if direct is not None and direct.ready else None
+
+    async def send(self, frame: bytes, *, last: bool = False) -> None:
+        """Write ``frame`` (``last``: and end the response)."""
+        if self._direct is not None:
+            self._direct.flush()  # pushed frames still waiting go first
+        await self._send({"type": "http.response.body", "body": frame, "more_body": not last})

@@ -1,0 +1,30 @@
+"""The one way a pydantic validation failure becomes a 422 naming the fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from llm_service.errors import InvalidRequest
+
+
+def invalid_request(errors: Iterable[Mapping[str, Any]], *, where: str = "") -> InvalidRequest:
+    """One 422 naming every bad field: ``messages.0.role: Input should be ...``.
+
+    ``errors`` are pydantic's (``ValidationError.errors()``, FastAPI's
+    ``RequestValidationError.errors()``); ``where`` prefixes each location (``input``,
+    ``inputs.2``) for bodies nested inside another.
+    """
+    problems: list[str] = []
+    first: str | None = None
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "json_invalid":
+            loc = "body"
+        elif not loc and ": " in msg:  # model-level checks say "field: reason"
+            loc, msg = msg.split(": ", 1)
+        loc = ".".join(part for part in (where, loc) if part) or "body"
+        first = first or loc
+        problems.append(f"{loc}: {msg}")
+    return InvalidRequest("; ".join(problems) or "invalid request", param=first)
