@@ -23,7 +23,7 @@ system-deps:
 	@command -v cmake >/dev/null && command -v c++ >/dev/null || { \
 	  echo "installing cmake and a C++ compiler (needed to build llama-cpp-python)"; \
 	  apt-get update -qq && apt-get install -y -qq cmake build-essential; }
-	@# issue 11: the playground test drives a real headless Chromium through Selenium.
+	@# The playground test drives a real headless Chromium through Selenium.
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "installing chromium and chromium-driver (for tests/test_playground.py)"; \
 	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
@@ -37,9 +37,13 @@ setup: .venv/.synced
 serve: setup
 	$(UV) run --no-sync llm-service serve --env-file $(ENV_FILE)
 
+# Style, then architecture: imports point down the package's layers (import-linter contracts in
+# pyproject.toml) and the declared dependencies match what llm_service imports (deptry).
 lint: setup
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
+	$(UV) run --no-sync lint-imports
+	$(UV) run --no-sync deptry .
 
 typecheck: setup
 	$(UV) run --no-sync mypy
@@ -58,9 +62,9 @@ docker:
 	docker build -t llm-service:latest .
 
 clean:
-	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache
+	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache .import_linter_cache
 
-# --- reliability (issue 7) ---------------------------------------------------------------
+# --- reliability -------------------------------------------------------------------------
 # 2000 concurrent paced streams against the fake upstream: errors, stalls, memory (not part
 # of `make test`). LOADTEST_ARGS="--streams 500 --interval-ms 200" for another shape.
 .PHONY: loadtest

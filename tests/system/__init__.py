@@ -1,0 +1,1 @@
+"""System tests: they build and install things (marker ``system``)."""
