@@ -242,6 +242,43 @@ class Settings(BaseSettings):
         description="Seconds in-flight requests may finish after SIGTERM; streams still open "
         "then end with an SSE error event and [DONE].",
     )
+    # --- limits on what clients and model servers may send ------------------------------------
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head a client may send: the request line and all headers "
+        "together (431 above).",
+    )
+    max_headers: int = Field(100, ge=8, description="Most header lines in one request (431 above).")
+    max_request_line: int = Field(
+        8 * 1024,
+        ge=256,
+        description="Longest request target (path and query) in the request line (414 above).",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client may take to send a request's head, from connecting or "
+        "from its first byte (408 and the connection closed above).",
+    )
+    body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take to send a request's whole body once its head has "
+        "arrived (408 and the connection closed above).",
+    )
+    max_upstream_response_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest reply read from the model server for a whole answer, /v1/models or "
+        "/tokenize (502 above); error bodies are read up to 64 KiB.",
+    )
+    max_upstream_line_bytes: int = Field(
+        1024 * 1024,
+        ge=4 * 1024,
+        description="Longest line of a streamed answer from the model server (502, or an SSE "
+        "error event mid-stream, above).",
+    )
     api_keys: SecretStr | None = Field(
         None,
         description="Comma-separated API keys callers must send as 'Authorization: Bearer "
