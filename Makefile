@@ -25,7 +25,7 @@ system-deps:
 	  apt-get update -qq && apt-get install -y -qq cmake build-essential; }
 	@# The playground test drives a real headless Chromium through Selenium.
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-	  echo "installing chromium and chromium-driver (for tests/test_playground.py)"; \
+	  echo "installing chromium and chromium-driver (for the browser tests)"; \
 	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
 .venv/.synced: pyproject.toml uv.lock | uv system-deps

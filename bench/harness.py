@@ -134,7 +134,7 @@ class Harness:
 
     def __init__(self, machine: Machine, source: Path) -> None:
         self.machine = machine
-        self.source = source  # folder with llm_service/, prompts/ and tests/fake_openai.py
+        self.source = source  # folder with llm_service/ and prompts/
         self.env = child_env()
         if source != ROOT:  # a --ref snapshot: the bench package still comes from the repo
             self.env["PYTHONPATH"] = str(ROOT)
@@ -191,8 +191,10 @@ class Harness:
                          f"{child.log_tail()}")  # fmt: skip
 
     def start_upstream(self, name: str, delay_ms: float, per_write: int) -> tuple[Child, str]:
-        """``tests/fake_openai.py`` on the load core; returns it and its base URL."""
-        return self._start_fake(name, ["tests/fake_openai.py", "--delay-ms", str(delay_ms),
+        """``tests/support/fake_openai.py`` on the load core; returns it and its base URL.
+        Always the working tree's, so that a ``--ref`` run differs in the service alone."""
+        fake = str(ROOT / "tests" / "support" / "fake_openai.py")
+        return self._start_fake(name, [fake, "--delay-ms", str(delay_ms),
                                        "--per-write", str(per_write)])  # fmt: skip
 
     def start_paced_upstream(self, name: str, delay_ms: float) -> tuple[Child, str]:
@@ -277,14 +279,14 @@ class Harness:
 
 @contextlib.contextmanager
 def source_tree(ref: str | None) -> Iterator[Path]:
-    """The repo itself, or a snapshot of git ``ref`` (llm_service, prompts, the fake)."""
+    """The repo itself, or a snapshot of git ``ref`` (llm_service and prompts)."""
     if ref is None:
         yield ROOT
         return
     folder = Path(tempfile.mkdtemp(prefix="llm-bench-src-"))
     try:
         archive = folder / "src.tar"
-        paths = ["llm_service", "prompts", "tests/__init__.py", "tests/fake_openai.py"]
+        paths = ["llm_service", "prompts"]
         with archive.open("wb") as out:
             proc = subprocess.run(
                 ["git", "archive", "--format=tar", ref, *paths],

@@ -1,7 +1,7 @@
 """Bounded load test: thousands of concurrent paced streams through the service.
 
 ``make loadtest`` (not part of ``make test``) starts the fake upstream pacing its tokens
-(``tests/fake_openai.py --delay-ms``) and the service in front of it (both through
+(``tests/support/fake_openai.py --delay-ms``) and the service in front of it (both through
 ``bench.harness``, pinned to their cores when there are two), opens ``--streams`` streams
 ramped in over ``--ramp`` seconds and holds them all open at once, then reports:
 

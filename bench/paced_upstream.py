@@ -1,7 +1,7 @@
 """A paced fake model server for benchmarks: one timer drives every stream, no task per token.
 
-``tests/fake_openai.py`` (aiohttp) spends an ``asyncio.sleep``, a task wake-up and an aiohttp
-write per token per stream: ≈ 45 µs per paced chunk, so together with the load generator one
+``tests/support/fake_openai.py`` (aiohttp) spends an ``asyncio.sleep``, a task wake-up and an
+aiohttp write per token per stream: ≈ 45 µs per paced chunk, so together with the load generator one
 core offers only ≈ 12,000 of the 20,000 chunks/s that 1,000 streams of a token every 50 ms
 need. This server answers the same requests with the same bytes for a fraction of that:
 
@@ -13,7 +13,7 @@ need. This server answers the same requests with the same bytes for a fraction o
   puts each stream into the slot of its next chunk. A client that goes away is dropped
   when its slot comes up.
 
-Endpoints, shaped like ``tests/fake_openai.py``'s: ``POST /v1/chat/completions`` (streamed:
+Endpoints, shaped like ``tests/support/fake_openai.py``'s: ``POST /v1/chat/completions`` (streamed:
 a role-only chunk at once, then a content chunk every ``--delay-ms``, the last one followed
 by the finish chunk, the usage chunk when ``stream_options.include_usage``, and
 ``data: [DONE]``; or one JSON answer), ``GET /v1/models`` (with ``max_model_len``),
@@ -209,7 +209,7 @@ class Server:
         })  # fmt: skip
 
     def _plan(self, body: dict[str, Any]) -> tuple[int, str, dict[str, int]]:
-        """Tokens to send, finish reason and usage, as tests/fake_openai.py decides them."""
+        """Tokens to send, finish reason and usage, as tests/support/fake_openai.py decides them."""
         tokens, finish = len(self.answers.tokens), "stop"
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, int) and max_tokens < tokens:

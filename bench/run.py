@@ -1,7 +1,7 @@
 """Token-relay benchmark of the service against the fake OpenAI server, on two pinned cores.
 
 Core 0 runs the system under test (the service, or the Runnable path); core 1 runs the
-fake upstream (``tests/fake_openai.py``) and the load generator (``bench.loadgen``). Each
+fake upstream (``tests/support/fake_openai.py``) and the load generator (``bench.loadgen``). Each
 scenario is also run straight against the fake upstream ("upstream alone"): what core 1
 manages by itself, and what the load generator costs. Prints Markdown tables and writes all
 figures to ``bench/results/latest.json``; ``docs/performance.md`` explains them::

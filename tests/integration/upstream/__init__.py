@@ -1,0 +1,1 @@
+"""The model-server client (``llm_service.upstream``) against real servers."""

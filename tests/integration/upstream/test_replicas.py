@@ -1,0 +1,172 @@
+"""Several replicas in LLM_MODEL_SERVER_ENDPOINT: least in-flight spreading, cool-down of a
+failing replica, retry on another replica before the first token and never after it. Two
+real fake servers; one is killed mid-test and brought back on the same port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_service.settings import Settings, SettingsError
+from tests.support.fake_openai import Script
+from tests.support.servers import FakeServer, ServiceServer, settings_for
+from tests.support.sse import content_of, parse_frames
+
+COOLDOWN = 2.0
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[FakeServer, FakeServer]]:
+    a, b = FakeServer(), FakeServer()
+    yield a, b
+    a.close()  # idempotent: some tests kill a replica themselves
+    b.close()
+
+
+def start_service(*replicas: FakeServer, **overrides: Any) -> ServiceServer:
+    endpoint = ",".join(r.url for r in replicas)
+    values: dict[str, Any] = {"replica_cooldown": COOLDOWN, "startup_wait": 0, **overrides}
+    return ServiceServer(settings_for(endpoint, **values))
+
+
+def ask(service: ServiceServer, stream: bool = True) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": stream}
+    return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30)
+
+
+def test_requests_take_turns_when_idle(pair: tuple[FakeServer, FakeServer]) -> None:
+    a, b = pair
+    service = start_service(a, b)
+    try:
+        for _ in range(6):
+            assert ask(service).status_code == 200
+        assert len(a.fake.requests) == 3 and len(b.fake.requests) == 3
+    finally:
+        service.close()
+
+
+def test_least_in_flight_gets_the_request(pair: tuple[FakeServer, FakeServer]) -> None:
+    a, b = pair
+    slow = Script(tokens=[f" s{i}" for i in range(10)], token_delay=0.2)
+    a.fake.default = b.fake.default = slow
+    service = start_service(a, b)
+    try:
+        long_one = threading.Thread(target=ask, args=(service,))
+        long_one.start()
+        deadline = time.monotonic() + 5
+        while a.fake.open_streams + b.fake.open_streams == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        busy, idle = (a, b) if a.fake.open_streams else (b, a)
+        busy.fake.default = idle.fake.default = Script()
+        for _ in range(3):  # while one stream is open on `busy`, all go to `idle`
+            assert ask(service).status_code == 200
+        assert len(busy.fake.requests) == 1 and len(idle.fake.requests) == 3
+        long_one.join(10)
+    finally:
+        service.close()
+
+
+def test_killed_replica_is_retried_elsewhere_cooled_down_and_used_again(
+    pair: tuple[FakeServer, FakeServer],
+) -> None:
+    a, b = pair
+    service = start_service(a, b)
+    try:
+        assert ask(service).status_code == 200
+        assert ask(service).status_code == 200
+        assert len(a.fake.requests) == 1 and len(b.fake.requests) == 1
+        a_port = a.port
+        a.close()  # replica a dies
+        for stream in (True, False, True, True):
+            resp = ask(service, stream=stream)
+            assert resp.status_code == 200  # retried on b before the first token
+        assert len(b.fake.requests) == 5
+        # a is cooled down: back on the same port it gets nothing until the cool-down ends
+        revived = FakeServer(port=a_port)
+        try:
+            assert ask(service).status_code == 200
+            assert len(revived.fake.requests) == 0
+            time.sleep(COOLDOWN + 0.2)
+            for _ in range(4):
+                assert ask(service).status_code == 200
+            assert len(revived.fake.requests) == 2  # turns again after the cool-down
+        finally:
+            revived.close()
+    finally:
+        service.close()
+
+
+def test_all_replicas_down_is_503(pair: tuple[FakeServer, FakeServer]) -> None:
+    a, b = pair
+    service = start_service(a, b)
+    try:
+        a.close()
+        b.close()
+        resp = ask(service)
+        assert resp.status_code == 503
+        assert "unreachable" in resp.json()["error"]["message"]
+        assert httpx.get(f"{service.url}/v1/ready", timeout=10).status_code == 503
+    finally:
+        service.close()
+
+
+def test_overloaded_replica_is_retried_on_the_other(pair: tuple[FakeServer, FakeServer]) -> None:
+    a, b = pair
+    busy = Script(status=503, error_body={"object": "error", "message": "overloaded"})
+    a.fake.default = b.fake.default = busy
+    a.fake.push(Script())
+    b.fake.push(Script())
+    service = start_service(a, b)
+    try:
+        # whichever replica is asked first answers 503 on its second request; then the other
+        assert ask(service).status_code == 200
+        assert ask(service).status_code == 200
+        resp = ask(service)  # both now answer 503: the client sees it, with Retry-After
+        assert resp.status_code == 503
+        assert resp.headers["retry-after"] == "1"
+    finally:
+        service.close()
+
+
+def test_no_retry_once_tokens_were_sent(pair: tuple[FakeServer, FakeServer]) -> None:
+    a, b = pair
+    dying = Script(tokens=[f" d{i}" for i in range(6)], die_after=3)
+    a.fake.default = b.fake.default = dying
+    service = start_service(a, b)
+    try:
+        resp = ask(service)
+        assert resp.status_code == 200
+        frames = parse_frames(resp.text)
+        assert content_of(frames) == " d0 d1 d2"
+        assert [f.event for f in frames].count("error") == 1
+        assert frames[-1].raw == "[DONE]"
+        assert len(a.fake.requests) + len(b.fake.requests) == 1  # not sent again
+    finally:
+        service.close()
+
+
+def test_readiness_is_ready_while_one_replica_answers(
+    pair: tuple[FakeServer, FakeServer],
+) -> None:
+    a, b = pair
+    service = start_service(a, b)
+    try:
+        a.close()
+        for _ in range(2):
+            resp = httpx.get(f"{service.url}/v1/ready", timeout=10)
+            assert resp.status_code == 200
+    finally:
+        service.close()
+
+
+def test_endpoint_list_is_validated() -> None:
+    settings = Settings.load(None, model_server_endpoint=" http://a:8000/ , https://b:8001")
+    assert settings.model_server_endpoint == "http://a:8000,https://b:8001"
+    with pytest.raises(SettingsError, match=r"LLM_MODEL_SERVER_ENDPOINT.*'ftp://b' is not"):
+        Settings.load(None, model_server_endpoint="http://a:8000,ftp://b")

@@ -1,0 +1,301 @@
+"""A scriptable fake OpenAI-compatible model server on real sockets.
+
+It does on cue what a real server cannot be made to do: refuse, fail with a status, stall
+before the first token, die mid-stream, send vLLM's role-only first chunk and usage chunk,
+send malformed chunks or no ``[DONE]``. Each request takes the next queued ``Script`` (or the
+default one); every request body and header set is recorded.
+
+Run standalone for benchmarks::
+
+    python tests/support/fake_openai.py --port 8008 --tokens 64 --delay-ms 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Script:
+    """How the fake answers one request."""
+
+    tokens: list[str] = field(default_factory=lambda: ["Deep", " learning", " is", " great", "."])
+    finish_reason: str = "stop"
+    status: int = 200
+    error_body: Any = None  # JSON-able, or bytes sent as is
+    headers: dict[str, str] = field(default_factory=dict)
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    die_after: int | None = None  # drop the connection after this many content chunks
+    role_chunk: bool = True  # vLLM sends a role-only first chunk
+    send_done: bool = True
+    malformed_after: int | None = None  # send a broken JSON chunk after this many chunks
+    error_chunk_after: int | None = None  # vLLM-style {"error": ...} chunk mid-stream
+    tokens_per_write: int = 1  # >1: several chunks in one write (as servers coalesce)
+    # --- connectivity quirks ---
+    stall_after: int | None = None  # pause after this many content chunks ...
+    stall_for: float = 0.0  # ... for this many seconds (an idle gap mid-stream)
+    usage_in_finish_chunk: bool = False  # TGI: usage rides on the finish chunk
+    error_chunk: Any = None  # the body of the error_chunk_after chunk (default: vLLM's)
+    # --- fault injection ---
+    hang_after: int | None = None  # after this many content chunks: silence until the client closes
+    empty_200: bool = False  # answer 200 with an empty body
+
+
+class FakeOpenAI:
+    """The fake server's state; ``app()`` serves it with aiohttp."""
+
+    def __init__(self, model: str = "fake-model", default: Script | None = None) -> None:
+        self.model = model
+        self.default = default or Script()
+        self.scripts: deque[Script] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.peers: list[tuple[Any, ...] | None] = []  # client address of each request
+        self.streams_started = 0
+        self.streams_finished = 0
+        self.streams_cut = 0  # the client went away before the end
+        self.open_streams = 0
+        self.max_model_len: int | None = 4096  # reported in /v1/models, as vLLM does
+        self.tokenize_calls = 0
+        # A bearer-token check (401 when it fails), e.g. a token server's validator
+        self.accept_token: Callable[[str], bool] | None = None
+        # When each stream ended (finished or cut), by its last message's content.
+        self.ended_at: dict[str, float] = {}
+
+    def push(self, *scripts: Script) -> None:
+        self.scripts.extend(scripts)
+
+    def reset(self) -> None:
+        self.scripts.clear()
+        self.requests.clear()
+        self.headers.clear()
+        self.peers.clear()
+        self.streams_started = self.streams_finished = self.streams_cut = 0
+        self.max_model_len = 4096
+        self.tokenize_calls = 0
+        self.accept_token = None
+        self.ended_at.clear()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/v1/completions", self.completions)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def models(self, request: web.Request) -> web.Response:
+        model: dict[str, Any] = {"id": self.model, "object": "model"}
+        if self.max_model_len is not None:
+            model["max_model_len"] = self.max_model_len
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize, with one token per whitespace-separated word."""
+        body = await request.json(loads=orjson.loads)
+        self.tokenize_calls += 1
+        count = len(str(body.get("prompt", "")).split())
+        return web.json_response({"count": count, "max_model_len": self.max_model_len,
+                                  "tokens": list(range(count))})  # fmt: skip
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json(loads=orjson.loads)
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.peers.append(tuple(peer) if peer else None)
+        if self.accept_token is not None:
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not self.accept_token(token):
+                return web.json_response(
+                    {"object": "error", "message": "invalid or expired token",
+                     "type": "AuthenticationError", "code": 401}, status=401,
+                )  # fmt: skip
+        script = self.scripts.popleft() if self.scripts else self.default
+        if script.status != 200:
+            raw = script.error_body
+            if raw is None:
+                raw = {"object": "error", "message": f"fake error {script.status}",
+                       "type": "BadRequestError", "code": script.status}  # fmt: skip
+            data = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+            return web.Response(
+                body=data, status=script.status, headers=script.headers,
+                content_type="application/json",
+            )  # fmt: skip
+        if script.empty_200:
+            return web.Response(body=b"", status=200, content_type="application/json")
+        tokens = script.tokens
+        finish = script.finish_reason
+        max_tokens = body.get("max_tokens")
+        if isinstance(max_tokens, int) and max_tokens < len(tokens):
+            tokens, finish = tokens[:max_tokens], "length"
+        usage = {
+            "prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
+            "completion_tokens": len(tokens),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if script.first_token_delay:
+            await asyncio.sleep(script.first_token_delay)
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake", "object": "chat.completion",
+                    "created": int(time.time()), "model": self.model,
+                    "choices": [{"index": 0, "finish_reason": finish,
+                                 "message": {"role": "assistant", "content": "".join(tokens)}}],
+                    "usage": usage,
+                },
+                dumps=lambda o: orjson.dumps(o).decode(),
+            )  # fmt: skip
+        return await self._stream(request, body, script, tokens, finish, usage)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        script: Script,
+        tokens: list[str],
+        finish: str,
+        usage: dict[str, int],
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        self.streams_started += 1
+        self.open_streams += 1
+        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": self.model}  # fmt: skip
+
+        def frame(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            chunk = {**head, "choices": [{"index": 0, "delta": delta,
+                                          "finish_reason": finish_reason}]}  # fmt: skip
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        try:
+            if script.role_chunk:
+                await resp.write(frame({"role": "assistant", "content": ""}))
+            pending: list[bytes] = []
+            for i, token in enumerate(tokens):
+                if script.hang_after is not None and i == script.hang_after:
+                    await resp.write(b"".join(pending))
+                    # Silent until the client gives up (aiohttp has no close event to await).
+                    while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+                    self.streams_cut += 1
+                    return resp
+                if script.die_after is not None and i == script.die_after:
+                    request.transport.close()  # type: ignore[union-attr]
+                    self.streams_cut += 1
+                    return resp
+                if script.malformed_after is not None and i == script.malformed_after:
+                    await resp.write(b'data: {"choices": [\n\n')
+                if script.error_chunk_after is not None and i == script.error_chunk_after:
+                    err = script.error_chunk or {
+                        "error": {"object": "error", "message": "fake mid-stream failure",
+                                  "type": "InternalServerError", "code": 500}}  # fmt: skip
+                    await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
+                    await resp.write(b"data: [DONE]\n\n")
+                    return resp
+                if script.token_delay:
+                    await asyncio.sleep(script.token_delay)
+                if script.stall_after is not None and i == script.stall_after:
+                    if pending:
+                        await resp.write(b"".join(pending))
+                        pending.clear()
+                    await asyncio.sleep(script.stall_for)
+                pending.append(frame({"content": token}))
+                if len(pending) >= script.tokens_per_write:
+                    await resp.write(b"".join(pending))
+                    pending.clear()
+            if script.usage_in_finish_chunk:
+                last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                        "usage": usage}  # fmt: skip
+                pending.append(b"data: " + orjson.dumps(last) + b"\n\n")
+            else:
+                pending.append(frame({}, finish))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                pending.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage})
+                               + b"\n\n")  # fmt: skip
+            if script.send_done:
+                pending.append(b"data: [DONE]\n\n")
+            await resp.write(b"".join(pending))
+            await resp.write_eof()
+            self.streams_finished += 1
+            return resp
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.streams_cut += 1
+            raise
+        finally:
+            self.open_streams -= 1
+            self.ended_at[str(body["messages"][-1].get("content"))] = time.monotonic()
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's /v1/completions (text in, ``choices[0].text`` out), whole or streamed."""
+        body = await request.json(loads=orjson.loads)
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        script = self.scripts.popleft() if self.scripts else self.default
+        if script.status != 200:
+            raw = script.error_body or {
+                "object": "error",
+                "message": f"fake error {script.status}",
+                "type": "BadRequestError",
+                "code": script.status,
+            }
+            return web.json_response(raw, status=script.status)  # fmt: skip
+        prompt = body.get("prompt")
+        text = prompt[0] if isinstance(prompt, list) else str(prompt)
+        usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(script.tokens)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        head = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": self.model}  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response(
+                {**head, "usage": usage,
+                 "choices": [{"index": 0, "text": "".join(script.tokens), "logprobs": None,
+                              "finish_reason": script.finish_reason}]},
+            )  # fmt: skip
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, token in enumerate(script.tokens):
+            last = i == len(script.tokens) - 1
+            choice = {"index": 0, "text": token, "logprobs": None,
+                      "finish_reason": script.finish_reason if last else None}  # fmt: skip
+            await resp.write(b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8008)
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per answer")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="pause between tokens")
+    parser.add_argument("--per-write", type=int, default=1, help="chunks per socket write")
+    args = parser.parse_args()
+    script = Script(
+        tokens=[f" tok{i}" for i in range(args.tokens)],
+        token_delay=args.delay_ms / 1000,
+        tokens_per_write=args.per_write,
+    )
+    web.run_app(FakeOpenAI(default=script).app(), host=args.host, port=args.port,
+                access_log=None, print=None)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Building the prompt (``llm_service.rag``)."""
