@@ -72,26 +72,14 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from llm_service.http.app import create_app
+    from llm_service.http.server import uvicorn_config
 
     try:
         app = create_app(settings)
     except ValueError as exc:  # e.g. an unusable prompt template
         print(f"llm-service: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=settings.usvc_host,
-        port=settings.usvc_port,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level.lower(),
-        log_config=None,  # keep the handler configure_logging set up
-        access_log=False,  # the service writes its own access lines (with request ids)
-        proxy_headers=False,  # one middleware less per request; we log no client addresses
-        lifespan="on",
-        # SIGTERM: stop accepting, let requests finish, then cut them (an SSE error event).
-        timeout_graceful_shutdown=settings.drain_timeout,
-    )
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
 

@@ -64,16 +64,7 @@ async def handle_chat(
     obs = service.observability
     record = obs.begin(scope, PATH)  # request id, log context, request span
     try:
-        try:
-            service.gate.enter()  # 429 past LLM_MAX_CONCURRENT, before any other work
-        except ServiceError as exc:
-            record.fail(exc)
-            await send_error(send, exc, record.headers)
-            return
-        try:
-            await _answer(service, writes, record, scope, receive, send)
-        finally:
-            service.gate.leave()
+        await _answer(service, writes, record, scope, receive, send)
     finally:
         obs.end(record)  # metrics, spans, the access line
 
@@ -87,17 +78,23 @@ async def _answer(
     send: Send,
 ) -> None:
     try:
+        # The body first: a slow client waits for LLM_BODY_TIMEOUT at most, and holds no
+        # place under LLM_MAX_CONCURRENT meanwhile.
         body = await read_body(scope, receive, service.settings.max_body_bytes)
+        service.gate.enter()  # 429 past LLM_MAX_CONCURRENT, before any other work
     except ServiceError as exc:
         record.fail(exc)
         if exc.status != 499:
             await send_error(send, exc, record.headers)
         return
-    client = ClientWatch(receive)  # a client that goes away cancels the upstream request
     try:
-        await _respond(service, writes, record, client, body, send)
+        client = ClientWatch(receive)  # a client that goes away cancels the upstream request
+        try:
+            await _respond(service, writes, record, client, body, send)
+        finally:
+            client.finish()
     finally:
-        client.finish()
+        service.gate.leave()
 
 
 async def _respond(

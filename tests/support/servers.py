@@ -17,6 +17,7 @@ import uvicorn
 from aiohttp import web
 
 from llm_service.http.app import create_app
+from llm_service.http.server import uvicorn_config
 from llm_service.settings import Settings
 from llm_service.upstream.embedded import free_port as free_port
 from tests.support.fake_openai import FakeOpenAI
@@ -88,10 +89,9 @@ class ServiceServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, hot_path=hot_path, span_exporter=span_exporter)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http="httptools",
-            log_level="warning", lifespan="on",
-        )  # fmt: skip
+        config = uvicorn_config(
+            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="service", daemon=True)
         self.thread.start()
