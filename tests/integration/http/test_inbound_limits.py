@@ -15,8 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.fake_openai import FakeOpenAI
-from tests.servers import FakeServer, ServiceServer, settings_for
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.servers import FakeServer, ServiceServer, settings_for
 
 CHAT = b"/v1/chat/completions"
 BODY = orjson.dumps({"messages": [{"role": "user", "content": "Hi"}], "stream": False})
