@@ -61,8 +61,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._in_head = True  # between a request's first byte (or the connection) and its head
-        self._head_bytes = 0  # bytes received while in the head, whole reads
+        # Reading a head: from the connection's start or the end of the last request's body
+        # until the next head is complete.
+        self._in_head = True
+        self._head_bytes = 0  # bytes received while reading a head, whole reads
         self._head_size = 0  # the head's exact size, from the parser's callbacks
         self._header_count = 0
         self._refusal: ServiceError | None = None
@@ -73,7 +75,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head()
+        self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
@@ -98,9 +100,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = self._head_size = self._header_count = 0
-        if not self._in_head:
-            self._start_head()
+        self._head_size = self._header_count = 0
+        if self._head_timer is None:  # a kept-alive connection's next request: its first byte
+            self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
         if self._refusal is not None:
@@ -140,6 +142,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             return  # never reaches the app
         self._in_head = False
+        self._head_bytes = 0
         self._cancel(head=True)
         super().on_headers_complete()
         self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_expired)
@@ -151,12 +154,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refusal is None:
             self._cancel(head=False)
+            self._in_head = True  # what follows is the next request's head
             super().on_message_complete()
 
     # --- limits ----------------------------------------------------------------------------
 
-    def _start_head(self) -> None:
-        self._in_head = True
+    def _arm_head_timer(self) -> None:
         self._cancel(head=True)
         self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_expired)
 

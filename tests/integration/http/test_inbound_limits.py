@@ -199,3 +199,13 @@ def test_a_slow_body_gets_408_and_holds_no_place_under_the_cap(
     while guarded.app.state.service.gate.active and time.monotonic() < deadline:
         time.sleep(0.01)
     assert guarded.app.state.service.gate.active == 0
+
+
+def test_an_unfinished_head_in_one_read_gets_408(guarded: ServiceServer) -> None:
+    """The head's first and only read counts as a started request, not a silent one."""
+    with connect(guarded) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Never: ends")
+        raw = answer(sock)
+        took = time.monotonic() - started
+    assert status_of(raw) == 408 and 0.9 < took < 2.5
