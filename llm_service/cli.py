@@ -1,4 +1,4 @@
-"""Command line: ``llm-service serve | check | prompt`` (also ``python -m llm_service``)."""
+"""Command line: ``llm-service serve | check | prompt | settings`` (``python -m llm_service``)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,21 @@ def _parser() -> argparse.ArgumentParser:
     prompt.add_argument(
         "request", nargs="?", default="-", help="JSON file with the request body (- : stdin)"
     )
+    settings = sub.add_parser(
+        "settings", help="print the settings reference (Markdown), or an env file with --env"
+    )
+    settings.add_argument("--env", action="store_true", help="print configs/default.env")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
+    if command == "settings":  # needs no valid configuration
+        from llm_service.settings_reference import default_env, settings_markdown
+
+        print(default_env() if args.env else settings_markdown(), end="")
+        return 0
     try:
         settings = Settings.load(getattr(args, "env_file", None), **_overrides(args))
     except SettingsError as exc:

@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     usvc_host: str = Field("0.0.0.0", description="Interface this service binds to.")
     model_client: Literal["fast", "chatopenai"] = Field(
         "fast",
-        description="Model step of the chain: 'fast' (lean aiohttp client) or 'chatopenai' "
-        "(langchain-openai ChatOpenAI, streamed through the chain).",
+        description="Model step of the chain: 'fast' (the service's own upstream client) or "
+        "'chatopenai' (langchain-openai ChatOpenAI, streamed through the chain).",
     )
     route_via_chain: bool = Field(
         False,
