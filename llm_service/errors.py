@@ -8,7 +8,11 @@ exception with the message)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+MAX_MESSAGE_CHARS = 1000
+"""What of an outside text (an exception's) an error message shows at most."""
 
 
 class ServiceError(Exception):
@@ -84,18 +88,30 @@ def upstream_status_error(
     return UpstreamError(message)
 
 
-def as_service_error(exc: Exception) -> ServiceError:
-    """A ServiceError for any exception a model step raised (e.g. ChatOpenAI's openai errors)."""
+def as_service_error(exc: Exception, redact: Callable[[str], str] | None = None) -> ServiceError:
+    """A ServiceError for any exception a model step raised (e.g. ChatOpenAI's openai errors).
+
+    The exception's text may hold what the model server sent (an echoed key): it goes
+    through ``redact`` (the upstream client's ``Redactor``) when given, and is cut at
+    ``MAX_MESSAGE_CHARS`` either way."""
     if isinstance(exc, ServiceError):
         return exc
+    text = str(exc)
+    text = redact(text) if redact is not None else _cut(text)
     kind = type(exc).__name__
     if isinstance(exc, TimeoutError) or kind == "APITimeoutError":
-        return UpstreamTimeout(f"model server timed out: {exc}")
+        return UpstreamTimeout(f"model server timed out: {text}")
     if kind == "APIConnectionError" or isinstance(exc, ConnectionError):
-        return UpstreamUnavailable(f"model server unreachable: {exc}")
+        return UpstreamUnavailable(f"model server unreachable: {text}")
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         response = getattr(exc, "response", None)
         retry_after = response.headers.get("retry-after") if response is not None else None
-        return upstream_status_error(status, f"model server answered {status}: {exc}", retry_after)
-    return UpstreamError(f"model call failed: {kind}: {exc}")
+        return upstream_status_error(status, f"model server answered {status}: {text}", retry_after)
+    return UpstreamError(f"model call failed: {kind}: {text}")
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return text[:MAX_MESSAGE_CHARS] + "... (truncated)"

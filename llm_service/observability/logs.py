@@ -4,6 +4,10 @@ The request id lives in a ``ContextVar`` set when a request starts, so every lin
 while serving it (here, in the upstream client, in LangChain) carries it without passing it
 around. One access line per request goes to the ``llm_service.access`` logger: method,
 route, status, timings, tokens and the request id, never the prompt or any credential.
+
+One record is one line in both formats: JSON escapes line breaks, and the text format
+writes them as ``\\n`` and ``\\r`` (a model server's message with a line break in it
+would otherwise forge a log line of its choosing).
 """
 
 from __future__ import annotations
@@ -53,6 +57,17 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+class OneLineFormatter(logging.Formatter):
+    """The text format, each record on one line: line breaks in the message, the
+    exception's text and the stack are written as ``\\n`` and ``\\r``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if "\n" in text or "\r" in text:
+            text = text.replace("\r", "\\r").replace("\n", "\\n")
+        return text
+
+
 def handler_for(settings: Settings, stream: Any = None) -> logging.Handler:
     """A stream handler (stderr by default) in the configured format."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -60,7 +75,7 @@ def handler_for(settings: Settings, stream: Any = None) -> logging.Handler:
     if settings.log_format == "json":
         handler.setFormatter(json_formatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(OneLineFormatter(TEXT_FORMAT))
     return handler
 
 

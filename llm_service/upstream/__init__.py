@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from llm_service.settings import Settings
 from llm_service.upstream.auth import Auth, OAuthClientCredentials, StaticKeyAuth
 from llm_service.upstream.client import UpstreamClient
+from llm_service.upstream.redact import Redactor, secrets_of_url
 from llm_service.upstream.sse import Chunk
 
 
@@ -21,12 +24,28 @@ def build_auth(settings: Settings) -> Auth:
     return Auth()
 
 
+def build_redactor(settings: Settings, base_url: str) -> Redactor:
+    """A redactor that knows every secret of ``settings`` (each value of a secret setting,
+    and each item of a comma-separated one) and the credentials in the URLs."""
+    secrets: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            raw = value.get_secret_value()
+            secrets += [raw, *(part.strip() for part in raw.split(","))]
+    secrets += secrets_of_url(base_url) + secrets_of_url(settings.vllm_token_url)
+    return Redactor(secrets)
+
+
 def build_client(settings: Settings, base_url: str) -> UpstreamClient:
     """The upstream client for ``base_url`` (one URL or several, comma-separated)
     configured from ``settings``."""
     return UpstreamClient(
         base_url,
         auth=build_auth(settings),
+        redactor=build_redactor(settings, base_url),
+        max_response_bytes=settings.max_upstream_response_bytes,
+        max_line_bytes=settings.max_upstream_line_bytes,
         connect_timeout=settings.connect_timeout,
         total_timeout=settings.request_timeout,
         first_token_timeout=settings.first_token_timeout,
@@ -38,4 +57,4 @@ def build_client(settings: Settings, base_url: str) -> UpstreamClient:
     )
 
 
-__all__ = ["Auth", "Chunk", "UpstreamClient", "build_auth", "build_client"]
+__all__ = ["Auth", "Chunk", "Redactor", "UpstreamClient", "build_auth", "build_client"]

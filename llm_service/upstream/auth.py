@@ -5,7 +5,9 @@ OAuth token is fetched when the app starts and refreshed in the background befor
 expires (``expires_in``); a 401 from the model server refreshes it once more and the request
 is sent once more. A token endpoint that is down makes requests fail with 503 and a clear
 message while the refresher keeps trying with backoff: never a crash loop. Neither the
-secret nor a token is ever logged, put in an error body or shown by ``repr``.
+secret nor a token is ever logged, put in an error body or shown by ``repr``: each is
+registered with the client's ``Redactor`` (``bind``), which scrubs them from whatever a
+server echoes, and the token URL is shown without userinfo or query (``safe_url``).
 """
 
 from __future__ import annotations
@@ -20,16 +22,32 @@ import aiohttp
 import orjson
 
 from llm_service.errors import UpstreamUnavailable
+from llm_service.upstream.bounded import TooLarge, read_capped
+from llm_service.upstream.redact import Redactor, safe_url, secrets_of_url
 
 log = logging.getLogger(__name__)
 
 REFRESH_MARGIN_S = 30.0
 FAILURE_HOLD_S = 1.0  # a failed fetch is not repeated for this long (requests get its 503)
 RETRY_MAX_S = 30.0
+TOKEN_REPLY_BYTES = 64 * 1024  # a token reply is a few hundred bytes (a JWT a few KiB)
 
 
 class Auth:
     """No credentials."""
+
+    redactor: Redactor | None = None
+
+    def bind(self, redactor: Redactor) -> None:
+        """Register this auth's secrets (and, from now on, each token fetched) with
+        ``redactor``, the one that scrubs the model server's messages."""
+        self.redactor = redactor
+        for secret in self.secrets():
+            redactor.add(secret)
+
+    def secrets(self) -> list[str]:
+        """What must never be shown: keys, client secrets, credentials in URLs."""
+        return []
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return {}
@@ -53,6 +71,9 @@ class Auth:
 class StaticKeyAuth(Auth):
     def __init__(self, api_key: str) -> None:
         self._headers = {"Authorization": f"Bearer {api_key}"}
+
+    def secrets(self) -> list[str]:
+        return [self._headers["Authorization"].removeprefix("Bearer ")]
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return self._headers
@@ -80,7 +101,11 @@ class OAuthClientCredentials(Auth):
         self.fetches = 0  # tokens fetched so far (for logs and tests)
 
     def __repr__(self) -> str:
-        return f"OAuthClientCredentials(token_url={self.token_url!r}, client_secret='**********')"
+        url = safe_url(self.token_url)
+        return f"OAuthClientCredentials(token_url={url!r}, client_secret='**********')"
+
+    def secrets(self) -> list[str]:
+        return [self._form["client_secret"], *secrets_of_url(self.token_url)]
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         headers = self._headers
@@ -144,26 +169,33 @@ class OAuthClientCredentials(Auth):
         self._failed = None
 
     async def _fetch_once(self, session: aiohttp.ClientSession) -> None:
+        url = safe_url(self.token_url)
         try:
             async with session.post(
-                self.token_url, data=self._form, timeout=aiohttp.ClientTimeout(total=10)
+                self.token_url,
+                data=self._form,
+                timeout=aiohttp.ClientTimeout(total=10),
+                allow_redirects=False,  # the client secret goes to this URL and no other
             ) as resp:
-                body = await resp.read()
                 if resp.status != 200:
-                    raise UpstreamUnavailable(
-                        f"OAuth token endpoint {self.token_url} answered {resp.status}"
-                    )
+                    resp.close()  # its body is never read
+                    raise UpstreamUnavailable(f"OAuth token endpoint {url} answered {resp.status}")
+                body = await read_capped(resp, TOKEN_REPLY_BYTES)
+        except TooLarge:
+            raise UpstreamUnavailable(
+                f"OAuth token endpoint {url} sent more than {TOKEN_REPLY_BYTES} bytes"
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(
-                f"OAuth token endpoint {self.token_url} unreachable: {type(exc).__name__}"
+                f"OAuth token endpoint {url} unreachable: {type(exc).__name__}"
             ) from None
         try:
             data = orjson.loads(body)
             token = str(data["access_token"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise UpstreamUnavailable(
-                f"OAuth token endpoint {self.token_url} sent no access_token"
-            ) from None
+            raise UpstreamUnavailable(f"OAuth token endpoint {url} sent no access_token") from None
+        if self.redactor is not None:
+            self.redactor.add(token, token=True)
         try:
             expires_in = float(data.get("expires_in") or 300)
         except (TypeError, ValueError):

@@ -4,11 +4,17 @@ Streams go over the lean transport in ``wire.py`` (the per-token hot path) and c
 an ``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
 aiohttp. Both share the replicas' failover (``failover.py``), the credentials (``auth.py``),
 one TLS context (``tls.py``) and one error mapping (``faults.py``).
+
+What a model server sends is read within limits (whole replies, error bodies, response
+heads, stream lines) and never followed elsewhere (no redirects); the text of its errors
+reaches clients and logs only through the client's ``Redactor`` (``redact.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import socket
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +23,25 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llm_service.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from llm_service.errors import UpstreamError, UpstreamTimeout
+from llm_service.settings import Settings
 from llm_service.upstream import faults
 from llm_service.upstream.auth import Auth
+from llm_service.upstream.bounded import (
+    ERROR_BODY_BYTES,
+    ERROR_BODY_SECONDS,
+    TooLarge,
+    read_capped,
+    read_error_body,
+)
 from llm_service.upstream.failover import Replica, ReplicaSet
-from llm_service.upstream.faults import ReplicaUnavailable, message_of
-from llm_service.upstream.sse import Chunk
+from llm_service.upstream.faults import message_of
+from llm_service.upstream.redact import Redactor, safe_url
+from llm_service.upstream.sse import Chunk, ChunkParser
 from llm_service.upstream.stream import UpstreamStream
 from llm_service.upstream.tls import client_ssl_context
 from llm_service.upstream.wire import (
+    BadResponse,
     CertificateError,
     ConnectFailed,
     ConnectTimeout,
@@ -34,6 +50,20 @@ from llm_service.upstream.wire import (
     StreamPool,
     WireError,
 )
+
+_FIELDS = Settings.model_fields
+MAX_RESPONSE_BYTES: int = _FIELDS["max_upstream_response_bytes"].default
+MAX_LINE_BYTES: int = _FIELDS["max_upstream_line_bytes"].default
+# aiohttp's limits on a response head (whole answers, /v1/models, /tokenize): its status
+# line and each header at most 8 KiB (its defaults, stated here), at most 64 headers, so a
+# head is at most about 512 KiB. Model servers send fewer than 20 short headers.
+MAX_HEAD_LINE = 8190
+MAX_HEADERS = 64
+_HEAD_LIMITS: dict[str, int] = {"max_line_size": MAX_HEAD_LINE, "max_field_size": MAX_HEAD_LINE}
+if "max_headers" in inspect.signature(aiohttp.ClientSession).parameters:  # aiohttp >= 3.13.4
+    _HEAD_LIMITS["max_headers"] = MAX_HEADERS  # (before it, a fixed 128 or more)
+# aiohttp >= 3.10.10 tells DNS failures apart; before, they come as the resolver's gaierror.
+_DNS_ERROR: type[Exception] = getattr(aiohttp, "ClientConnectorDNSError", socket.gaierror)
 
 
 @dataclass(eq=False)
@@ -65,6 +95,12 @@ class UpstreamClient:
     Timeouts: ``connect_timeout`` (TCP connect), ``first_token_timeout`` (request sent to the
     first chunk of a stream), ``idle_timeout`` (silence between chunks once a stream has
     started), ``total_timeout`` (the whole request).
+
+    Limits on what the server sends: ``max_response_bytes`` (a whole answer or a JSON
+    reply), ``max_line_bytes`` (one line of a stream); error bodies are read up to
+    ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES``. Every text
+    of the server's that ends in an error message goes through ``redactor`` first; the
+    auth registers its secrets and tokens with it.
     """
 
     def __init__(
@@ -80,12 +116,19 @@ class UpstreamClient:
         tls_skip_verify: bool = False,
         tls_ca_bundle: str | Path | None = None,
         replica_cooldown: float = 10.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        redactor: Redactor | None = None,
     ) -> None:
         urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
         self.replica_set = ReplicaSet(urls, cooldown=replica_cooldown)
         self.replicas = self.replica_set.replicas
         self.base_url = self.replicas[0].url
         self.auth = auth or Auth()
+        self.redactor = redactor or Redactor()
+        self.auth.bind(self.redactor)
+        self.max_response_bytes = max_response_bytes
+        self.max_line_bytes = max_line_bytes
         self.timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
         self.connect_timeout = connect_timeout
         self.total_timeout = total_timeout
@@ -99,7 +142,7 @@ class UpstreamClient:
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
     def __repr__(self) -> str:
-        urls = ",".join(r.url for r in self.replicas)
+        urls = ",".join(safe_url(r.url) for r in self.replicas)
         return f"UpstreamClient({urls!r}, auth={self.auth!r})"
 
     # --- connection pools, per event loop ---------------------------------------------------
@@ -113,6 +156,7 @@ class UpstreamClient:
             timeout=self.timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
+            **_HEAD_LIMITS,  # type: ignore[arg-type]  # (a dict of ints only)
         )
         streams = StreamPool(
             ssl_context=self.ssl, connect_timeout=self.connect_timeout, limit=self.connections
@@ -189,13 +233,19 @@ class UpstreamClient:
         extra_headers: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request over aiohttp; a 401 refreshes the credentials once and sends it
-        once more."""
+        once more. Returns a 2xx response (its body unread)."""
         retried = False
+        redact = self.redactor
         while True:
             headers = await self._headers(session, extra_headers)
             try:
                 resp = await session.request(
-                    method, url, data=data, headers=headers, timeout=limits or self.timeout
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=limits or self.timeout,
+                    allow_redirects=False,  # a redirect would carry the prompt and the key away
                 )
             except aiohttp.ConnectionTimeoutError:
                 raise faults.connect_timeout(self.connect_timeout) from None
@@ -208,22 +258,27 @@ class UpstreamClient:
                 raise faults.request_timeout(limit) from None
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise faults.untrusted(exc.certificate_error) from None
+            except _DNS_ERROR as exc:
+                raise faults.unreachable(exc, redact, reason="DNS lookup failed") from None
             except aiohttp.ClientConnectorError as exc:
-                raise ReplicaUnavailable(f"model server unreachable: {exc.os_error}") from None
+                raise faults.unreachable(exc.os_error, redact) from None
+            except aiohttp.ClientResponseError as exc:  # not HTTP, or a head past the limits
+                raise faults.bad_http(exc.message, redact) from None
             except aiohttp.ClientError as exc:
-                raise ReplicaUnavailable(f"model server connection failed: {exc}") from None
-            if resp.status < 400:
+                raise faults.broke(exc, redact) from None
+            if resp.status < 300:
                 return resp
+            if resp.status < 400:
+                resp.close()
+                raise faults.redirected(resp.status)
             try:
-                body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
-                body = b""
+                body = await read_error_body(resp)
             finally:
-                resp.release()
+                resp.close()  # what was not read stays unread: the connection goes
             if resp.status == 401 and not retried and await self.auth.refresh(session, headers):
                 retried = True
                 continue
-            raise faults.status_error(resp.status, body, resp.headers.get("Retry-After"))
+            raise faults.status_error(resp.status, body, resp.headers.get("Retry-After"), redact)
 
     async def chat(
         self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -238,15 +293,11 @@ class UpstreamClient:
                     session, "POST", replica.chat_url, data, extra_headers=headers
                 )
                 try:
-                    return await resp.read()
+                    return await self._read_reply(resp)
                 except TimeoutError:
                     raise faults.request_timeout(
                         f"LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
                     ) from None
-                except aiohttp.ClientError as exc:
-                    raise UpstreamError(f"model server connection broke: {exc}") from None
-                finally:
-                    resp.release()
 
         body = await self.replica_set.call(attempt)
         try:
@@ -254,8 +305,28 @@ class UpstreamClient:
         except orjson.JSONDecodeError:
             raise UpstreamError("model server sent a reply that is not JSON") from None
         if not isinstance(result, dict) or not result.get("choices"):
-            raise UpstreamError(f"model server sent no choices: {message_of(result, body)}")
+            message = message_of(result, body, self.redactor)
+            raise UpstreamError(f"model server sent no choices: {message}")
         return result
+
+    async def _read_reply(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body of a 2xx reply, up to ``max_response_bytes``; the response is done with
+        afterwards (a reply cut off closes its connection)."""
+        try:
+            body = await read_capped(resp, self.max_response_bytes)
+        except TooLarge:
+            resp.close()
+            raise faults.too_large(self.max_response_bytes) from None
+        except aiohttp.ClientError as exc:
+            resp.close()
+            fault = faults.broke(exc, self.redactor)  # logs the details
+            # An answer that broke off after it began is not asked of another replica.
+            raise UpstreamError(fault.message) from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        return body
 
     async def open_stream(
         self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -275,7 +346,11 @@ class UpstreamClient:
                 async with asyncio.timeout(self.first_token_timeout):
                     conn = await self._send_stream(connections, replica, data, headers)
                     stream = UpstreamStream(
-                        conn, connections.streams, replica, (self.idle_timeout, self.total_timeout)
+                        conn,
+                        connections.streams,
+                        replica,
+                        (self.idle_timeout, self.total_timeout),
+                        ChunkParser(self.max_line_bytes, self.redactor),
                     )
                     stream.first = await stream.next()
             except TimeoutError:  # only the first-chunk deadline ends up here
@@ -310,6 +385,7 @@ class UpstreamClient:
         successful answer has arrived. Errors map as in ``_request`` (a 401 refreshes the
         credentials once and sends the request once more)."""
         session, pool = connections.session, connections.streams
+        redact = self.redactor
         retried = False
         while True:
             headers = await self._headers(session, extra_headers)
@@ -320,25 +396,31 @@ class UpstreamClient:
             except CertificateError as exc:
                 raise faults.untrusted(exc) from None
             except ConnectFailed as exc:
-                raise ReplicaUnavailable(f"model server unreachable: {exc.os_error}") from None
+                raise faults.unreachable(exc.os_error, redact) from None
             except ReadTimeout:
                 raise faults.request_timeout(
                     f"LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
                 ) from None
+            except BadResponse as exc:
+                raise faults.bad_http(exc, redact) from None
             except WireError as exc:
-                raise ReplicaUnavailable(f"model server connection failed: {exc}") from None
-            if conn.status < 400:
+                raise faults.broke(exc, redact) from None
+            if conn.status < 300:
                 return conn
+            if conn.status < 400:
+                pool.release(conn)  # its body unread: the connection is closed
+                raise faults.redirected(conn.status)
             try:
-                body = await conn.read_all()
-            except WireError:
+                async with asyncio.timeout(ERROR_BODY_SECONDS):
+                    body = await conn.read_upto(ERROR_BODY_BYTES)
+            except (WireError, TimeoutError):
                 body = b""
             finally:
-                pool.release(conn)
+                pool.release(conn)  # closed unless the whole (short) body was read
             if conn.status == 401 and not retried and await self.auth.refresh(session, headers):
                 retried = True
                 continue
-            raise faults.status_error(conn.status, body, conn.headers.get("retry-after"))
+            raise faults.status_error(conn.status, body, conn.headers.get("retry-after"), redact)
 
     async def stream_chat(
         self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -375,14 +457,9 @@ class UpstreamClient:
         async def attempt(replica: Replica) -> bytes:
             try:
                 resp = await self._request(session, method, f"{replica.url}{path}", data, limits)
-                try:
-                    return await resp.read()
-                finally:
-                    resp.release()
+                return await self._read_reply(resp)
             except TimeoutError:
                 raise UpstreamTimeout(f"model server did not answer {path} in time") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamUnavailable(f"model server unreachable: {exc}") from None
 
         raw = await self.replica_set.call(attempt)
         try:

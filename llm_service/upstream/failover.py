@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from llm_service.errors import UpstreamError
 from llm_service.upstream.faults import REPLICA_FAULTS
+from llm_service.upstream.redact import safe_url
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class ReplicaSet:
             replica.down_until = time.monotonic() + self.cooldown
             log.warning(
                 "replica %s failed (%s); left out for %.0f s",
-                replica.url, exc.message, self.cooldown,
+                safe_url(replica.url), exc.message, self.cooldown,
             )  # fmt: skip
 
     async def call(self, attempt: Callable[[Replica], Awaitable[T]]) -> T:

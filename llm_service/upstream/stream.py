@@ -15,10 +15,17 @@ import contextlib
 from collections.abc import Callable
 
 from llm_service.errors import UpstreamTimeout
+from llm_service.upstream import faults
 from llm_service.upstream.failover import Replica
 from llm_service.upstream.faults import ReplicaFailed
 from llm_service.upstream.sse import Chunk, ChunkParser
-from llm_service.upstream.wire import ReadTimeout, StreamConnection, StreamPool, WireError
+from llm_service.upstream.wire import (
+    BadResponse,
+    ReadTimeout,
+    StreamConnection,
+    StreamPool,
+    WireError,
+)
 
 BatchSink = Callable[[list[Chunk]], bool]
 """Takes each batch in the network callback; True asks to stop pushing."""
@@ -35,13 +42,14 @@ class UpstreamStream:
         pool: StreamPool,
         replica: Replica,
         timeouts: tuple[float | None, float],
+        parser: ChunkParser | None = None,
     ) -> None:
         self.first: list[Chunk] = []
         """The first batch (empty only for an answer that ended without any chunk)."""
         self._conn = conn
         self._pool = pool
         self._replica = replica
-        self._parser = ChunkParser()
+        self._parser = parser or ChunkParser()  # the line limit and the redactor ride on it
         self._timeouts = timeouts  # (idle, total), for the messages of read timeouts
         self._closed = False
 
@@ -58,8 +66,10 @@ class UpstreamStream:
                 data = await conn.read()
             except ReadTimeout as exc:
                 raise self._timeout(exc) from None
+            except BadResponse as exc:
+                raise faults.bad_http(exc, parser.redact) from None
             except WireError as exc:
-                raise ReplicaFailed(f"model server stream broke: {exc}") from None
+                raise faults.broke(exc, parser.redact, "stream") from None
             if not data:
                 break
             batch = parser.feed(data)

@@ -30,10 +30,18 @@ import httptools
 Origin = tuple[str, str, int]  # scheme, host, port
 _HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket pauses
 _MAX_IDLE_PER_HOST = 1024
+MAX_HEAD_BYTES = 64 * 1024
+"""Largest response head (status line and headers, informational ones included) a server may
+send: model servers send a few hundred bytes, and httptools keeps a header that has not
+ended in memory."""
 
 
 class WireError(Exception):
     """The connection failed: refused, reset, closed early, or sent what is not HTTP."""
+
+
+class BadResponse(WireError):
+    """The server sent what is not HTTP, or a head longer than ``MAX_HEAD_BYTES``."""
 
 
 class ConnectFailed(WireError):
@@ -87,6 +95,7 @@ class StreamConnection(asyncio.Protocol):
         self.received = False  # any byte of the current response
         self._active = False  # a request is in flight (bytes outside one close the connection)
         self._informational = False  # parsing a 1xx response, skipped like aiohttp does
+        self._head_bytes = 0  # bytes received before the head ended
         self._data: list[bytes] = []
         self._buffered = 0
         self._paused = False
@@ -110,11 +119,15 @@ class StreamConnection(asyncio.Protocol):
         self.received = True
         if self._idle is not None:
             self._last_data = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(WireError(f"the model server sent bad HTTP: {exc}"))
-            return
+        if not self.head_done:
+            if not self._feed_head(data):
+                return
+        else:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                self._fail(BadResponse(f"the model server sent bad HTTP: {exc}"))
+                return
         if self._sink is not None:
             if self._data:
                 self._push()
@@ -189,6 +202,7 @@ class StreamConnection(asyncio.Protocol):
         self.status = 0
         self.headers = {}
         self.head_done = self.complete = self.received = self._informational = False
+        self._head_bytes = 0
         self.error = None
         self._data = []
         self._buffered = 0
@@ -242,6 +256,16 @@ class StreamConnection(asyncio.Protocol):
         while chunk := await self.read():
             parts.append(chunk)
         return b"".join(parts)
+
+    async def read_upto(self, limit: int) -> bytes:
+        """The body's first ``limit`` bytes (all of it if shorter); the rest is left unread,
+        so the connection is closed on release."""
+        parts = []
+        size = 0
+        while size < limit and (chunk := await self.read()):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)[:limit]
 
     def idle_timeout(self, seconds: float | None) -> None:
         """From now on, fail a read after ``seconds`` without any data (one timer, re-armed
@@ -307,6 +331,20 @@ class StreamConnection(asyncio.Protocol):
             self._last_data = self.loop.time()  # the idle clock restarts with reading
             self.transport.resume_reading()
         return out
+
+    def _feed_head(self, data: bytes) -> bool:
+        """Feed bytes while the head has not ended, counting them (the body's first bytes
+        may come in the same read); False if the connection failed."""
+        self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"the model server sent bad HTTP: {exc}"))
+            return False
+        if not self.head_done and self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(BadResponse(f"the model server sent a head over {MAX_HEAD_BYTES} bytes"))
+            return False
+        return True
 
     def _fail(self, error: WireError) -> None:
         if self.error is None:
