@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.upstream.hostile import (
+from tests.support.hostile_upstream import (
     MIB,
     HostileServer,
     Rss,
@@ -23,9 +23,9 @@ from tests.integration.upstream.hostile import (
     normal_answer,
     raw,
 )
-from tests.servers import FakeServer, ServiceServer, settings_for
-from tests.sse import content_of, parse_frames
-from tests.token_server import TokenServer
+from tests.support.servers import FakeServer, ServiceServer, settings_for
+from tests.support.sse import content_of, parse_frames
+from tests.support.token_server import TokenServer
 
 RESPONSE_CAP = 1 * MIB
 LINE_CAP = 64 * 1024

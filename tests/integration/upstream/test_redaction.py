@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from llm_service.observability.logs import handler_for
-from tests.integration.upstream.hostile import (
+from tests.support.hostile_upstream import (
     MIB,
     HostileServer,
     Rss,
@@ -27,9 +27,9 @@ from tests.integration.upstream.hostile import (
     raw,
     response,
 )
-from tests.servers import FakeServer, ServiceServer, free_port, settings_for
-from tests.sse import content_of, parse_frames
-from tests.token_server import TokenServer
+from tests.support.servers import FakeServer, ServiceServer, free_port, settings_for
+from tests.support.sse import content_of, parse_frames
+from tests.support.token_server import TokenServer
 
 KEY = "local-key-3f9a2c77"  # no well-known shape: only the configured secret can catch it
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from tests.servers import LoopThread
+from tests.support.servers import LoopThread
 
 ENDLESS = 256 * 1024 * 1024  # what an "endless" answer sends at most, if nobody stops it
 PIECE = 64 * 1024
