@@ -138,18 +138,21 @@ async def check(settings: Settings) -> int:
         print("endpoint: none configured; `serve` starts the embedded llama.cpp server")
     else:
         assert settings.model_server_endpoint is not None
+        from llm_service.upstream.redact import safe_url
+
+        shown = safe_url(settings.model_server_endpoint)  # no credentials on the terminal
         client = build_client(settings, settings.model_server_endpoint)
         try:
             models = await client.models()
             served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
-            line(True, f"model server {settings.model_server_endpoint} answers; serves {served}")
+            line(True, f"model server {shown} answers; serves {served}")
             lengths = [m.get("max_model_len") for m in models.get("data", [])]
             window = next((n for n in lengths if isinstance(n, int)), settings.max_model_len)
             print(f"context window: {window or 'unknown (no token budget)'}")
             if settings.model_name not in served:
                 print(f"note: {settings.model_name!r} is not among the served models")
         except ServiceError as exc:
-            line(False, f"model server {settings.model_server_endpoint}: {exc.message}")
+            line(False, f"model server {shown}: {exc.message}")
         finally:
             await client.aclose()
     print("ready to serve" if ok else "not ready")

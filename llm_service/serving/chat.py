@@ -221,7 +221,9 @@ class ChatService:
         answer = prepared.answer
         if self.through_chain:
             chunks: AsyncIterator[Any] = self.bound_model(prepared).astream(prepared.built.messages)
-            return ChainRelay(chunks, encoder, answer, prepared.trailer, on_batch)
+            return ChainRelay(
+                chunks, encoder, answer, prepared.trailer, on_batch, self.client.redactor
+            )
         payload = self.payload(prepared)
         payload["stream_options"] = {"include_usage": True}
         return UpstreamRelay(
@@ -230,6 +232,7 @@ class ChatService:
             answer,
             prepared.trailer,
             on_batch,
+            self.client.redactor,
         )
 
     async def complete(

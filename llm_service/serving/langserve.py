@@ -269,7 +269,8 @@ class LangServeCalls:
         its place under the cap from now until the stream ends, however it ends."""
         gate = self.service.gate
         gate.enter()  # 429 now, before the response starts
-        stream = GatedStream(lambda held: _encoded(items, run_id, held.release))
+        redact = self.service.client.redactor
+        stream = GatedStream(lambda held: _encoded(items, run_id, held.release, redact))
         stream.hold(gate.leave)
         return stream
 
@@ -289,7 +290,10 @@ class LangServeCalls:
 
 
 async def _encoded(
-    items: AsyncIterator[Any], run_id: str | None, release: Callable[[], None]
+    items: AsyncIterator[Any],
+    run_id: str | None,
+    release: Callable[[], None],
+    redact: Callable[[str], str],
 ) -> AsyncGenerator[bytes, None]:
     encoder = LangServeEncoder
     try:
@@ -301,7 +305,7 @@ async def _encoded(
     except PromptError as exc:
         yield encoder.error(_invalid_input(exc))
     except Exception as exc:
-        err = as_service_error(exc)
+        err = as_service_error(exc, redact)
         log.warning("LangServe stream failed: %s", err.message)
         yield encoder.error(err)
     finally:

@@ -114,6 +114,10 @@ async def collect(relay: Relay) -> bytes:
         await relay.aclose()
 
 
+Redact = Callable[[str], str]
+"""Scrubs text that came from the model server (``upstream.redact.Redactor``)."""
+
+
 class _Frames:
     """What both relays share: the encoder, the answer so far, the end and the error end."""
 
@@ -123,12 +127,18 @@ class _Frames:
         answer: Answer,
         trailer: Trailer,
         on_batch: Callable[[], object] | None,
+        redact: Redact | None,
     ) -> None:
         self.encoder = encoder
         self.answer = answer
         self.trailer = trailer
         self.on_batch = on_batch
+        self.redact = redact
         self.ended = False  # the end frame was made: nothing is left to relay
+
+    def failure(self, exc: Exception) -> ServiceError:
+        """``exc`` as the error the client gets, its outside text scrubbed."""
+        return as_service_error(exc, self.redact)
 
     def end(self) -> bytes:
         self.ended = True
@@ -141,7 +151,7 @@ class _Frames:
 
     def error_end(self, exc: Exception) -> bytes:
         self.ended = True
-        self.answer.error = err = as_service_error(exc)
+        self.answer.error = err = self.failure(exc)
         log.warning("stream failed after the first token: %s", err.message)
         return self.encoder.error(err) + DONE
 
@@ -156,8 +166,9 @@ class UpstreamRelay(_Frames):
         answer: Answer,
         trailer: Trailer,
         on_batch: Callable[[], object] | None = None,
+        redact: Redact | None = None,
     ) -> None:
-        super().__init__(encoder, answer, trailer, on_batch)
+        super().__init__(encoder, answer, trailer, on_batch, redact)
         self._open = open_source
         self._source: BatchSource | None = None
 
@@ -194,7 +205,7 @@ class UpstreamRelay(_Frames):
                     return self.end()
                 frame = self.encode(batch)
         except Exception as exc:
-            raise as_service_error(exc) from None
+            raise self.failure(exc) from None
         return frame
 
     async def run(self, out: FrameOut) -> None:
@@ -244,8 +255,9 @@ class ChainRelay(_Frames):
         answer: Answer,
         trailer: Trailer,
         on_batch: Callable[[], object] | None = None,
+        redact: Redact | None = None,
     ) -> None:
-        super().__init__(encoder, answer, trailer, on_batch)
+        super().__init__(encoder, answer, trailer, on_batch, redact)
         self._chunks = chunks
 
     async def _next(self) -> bytes:
@@ -269,7 +281,7 @@ class ChainRelay(_Frames):
         try:
             return await self._next()
         except Exception as exc:
-            raise as_service_error(exc) from None
+            raise self.failure(exc) from None
 
     async def run(self, out: FrameOut) -> None:
         try:
