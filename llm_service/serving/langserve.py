@@ -157,7 +157,12 @@ class LangServeCalls:
         inp.check()
         if inp.prompt_template is not None:
             self._check_template(inp.prompt_template, f"{where}.prompt_template")
-        return inp.model_dump(exclude_none=True)
+        out = inp.model_dump(exclude_none=True)
+        try:  # the request's own templates and the prompt's size, before anything runs
+            self.service.prompt.check(out)
+        except PromptError as exc:
+            raise InvalidRequest(f"{where}.{exc}", param=f"{where}.{exc.param}") from None
+        return out
 
     def _check_template(self, name: str, param: str) -> None:
         try:

@@ -95,13 +95,16 @@ def check_input(request: ChatRequest, settings: Settings) -> None:
             + len(getattr(h, "answer", ""))
             for h in request.history
         ),
+        # Template text becomes prompt text too (the prompt step bounds what it renders to).
+        "system_prompt_template": len(request.system_prompt_template or ""),
+        "user_prompt_template": len(request.user_prompt_template or ""),
     }  # fmt: skip
     total = sum(sizes.values())
     if total > settings.max_input_chars:
         field = max(sizes, key=lambda name: sizes[name])
         raise InvalidRequest(
-            f"{field}: the input holds {total} characters (messages, question, documents and "
-            f"history together); the limit is {settings.max_input_chars}",
+            f"{field}: the input holds {total} characters (messages, question, documents, "
+            f"history and templates together); the limit is {settings.max_input_chars}",
             param=field,
         )
 
