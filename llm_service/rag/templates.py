@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from llm_service.rag.documents import history_messages
 
@@ -27,11 +27,19 @@ KNOWN_VARIABLES = REQUIRED_VARIABLES | {"history"}
 ONCE_VARIABLES = frozenset({"reranked_docs", "history"})
 """Placeholders that may appear once: the token budget fits documents and history once."""
 
+_NAMES = {name: name for name in KNOWN_VARIABLES}
+
 LIBRARY_PARAM = "prompt_template"
 SHOWN_CHARS = 40  # of a bad placeholder quoted in an error (the request may hold megabytes)
 
-Piece = tuple[str, str | None]
-"""Literal text, then the placeholder that follows it (None after the last literal)."""
+
+class Part(NamedTuple):
+    """One parsed part: ``literals[i]`` then placeholder ``fields[i]`` (None after the last
+    literal). Two flat tuples of shared strings: a template of many placeholders costs a
+    pointer or two per placeholder while it is checked, not an object per piece."""
+
+    literals: tuple[str, ...]
+    fields: tuple[str | None, ...]
 
 
 class PromptError(ValueError):
@@ -77,14 +85,14 @@ class TemplateSpec:
         prefix = f"{param}: " if param != LIBRARY_PARAM else ""
         return PromptError(f"{prefix}template {self.name!r}: {message}", param=param)
 
-    def parts(self) -> tuple[tuple[Piece, ...], tuple[Piece, ...]]:
+    def parts(self) -> tuple[Part, Part]:
         """Both parts parsed and checked (see the module docstring), or PromptError."""
         system = _parse(self, "system", self.system, self.system_param)
         user = _parse(self, "user", self.user, self.user_param)
         seen: Counter[str] = Counter()
         for part, pieces, param in (("system", system, self.system_param),
                                     ("user", user, self.user_param)):  # fmt: skip
-            for _, field in pieces:
+            for field in pieces.fields:
                 if field is None:
                     continue
                 if field not in KNOWN_VARIABLES:
@@ -108,7 +116,7 @@ class TemplateSpec:
 
     def placeholders(self) -> set[str]:
         system, user = self.parts()
-        return {field for _, field in (*system, *user) if field is not None}
+        return {field for field in (*system.fields, *user.fields) if field is not None}
 
     def validate(self, declared: Sequence[str] | None = None) -> None:
         """Unknown, missing, repeated, malformed or undeclared placeholders raise PromptError."""
@@ -120,30 +128,47 @@ class TemplateSpec:
             )
 
 
-def _parse(spec: TemplateSpec, part: str, text: str, param: str) -> tuple[Piece, ...]:
+def _parse(spec: TemplateSpec, part: str, text: str, param: str) -> Part:
     """``text`` as literal pieces and placeholder names; anything but ``{name}`` refused."""
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise spec.error(param, f"unbalanced braces in its {part} part: {exc}") from None
-    pieces: list[Piece] = []
-    for literal, field, format_spec, conversion in parsed:
+    literals: list[str] = []
+    fields: list[str | None] = []
+    parsed = iter(string.Formatter().parse(text))  # lazily: one piece at a time
+    while True:
+        try:
+            literal, field, format_spec, conversion = next(parsed)
+        except StopIteration:
+            break
+        except ValueError as exc:
+            raise spec.error(param, f"unbalanced braces in its {part} part: {exc}") from None
         if field is not None:
-            written = "{" + field
-            written += f"!{conversion}" if conversion else ""
-            written += f":{format_spec}" if format_spec else ""
-            written = _shown(written + "}")
-            if not field.isidentifier():
-                raise spec.error(param, f"invalid placeholder {written} in its {part} part")
-            if conversion or format_spec:
-                raise spec.error(
-                    param,
-                    f"placeholder {written} in its {part} part has a "
-                    f"{'conversion' if conversion else 'format spec'}; placeholders are plain "
-                    "{name} fields (templates are text, not code)",
-                )
-        pieces.append((literal, field))
-    return tuple(pieces)
+            if conversion or format_spec or not field.isidentifier():
+                raise _bad_placeholder(spec, param, part, field, conversion, format_spec)
+            field = _NAMES.get(field, field)  # one shared string per name
+        literals.append(literal)
+        fields.append(field)
+    return Part(tuple(literals), tuple(fields))
+
+
+def _bad_placeholder(
+    spec: TemplateSpec,
+    param: str,
+    part: str,
+    field: str,
+    conversion: str | None,
+    format_spec: str | None,
+) -> PromptError:
+    written = "{" + field
+    written += f"!{conversion}" if conversion else ""
+    written += f":{format_spec}" if format_spec else ""
+    written = _shown(written + "}")
+    if not field.isidentifier():
+        return spec.error(param, f"invalid placeholder {written} in its {part} part")
+    kind = "conversion" if conversion else "format spec"
+    return spec.error(
+        param,
+        f"placeholder {written} in its {part} part has a {kind}; placeholders are plain "
+        "{name} fields (templates are text, not code)",
+    )
 
 
 def load_templates(folder: Path) -> dict[str, TemplateSpec]:
@@ -178,12 +203,12 @@ class PromptTemplate:
     def __init__(self, spec: TemplateSpec) -> None:
         self.spec = spec
         self.system, self.user = spec.parts()
-        self.system_counts = Counter(field for _, field in self.system if field is not None)
-        self.user_counts = Counter(field for _, field in self.user if field is not None)
+        self.system_counts = Counter(field for field in self.system.fields if field is not None)
+        self.user_counts = Counter(field for field in self.user.fields if field is not None)
         self.counts = self.system_counts + self.user_counts
         self.variables = set(self.counts)
-        self.literal_system = "".join(literal for literal, _ in self.system)
-        self.literal_user = "".join(literal for literal, _ in self.user)
+        self.literal_system = "".join(self.system.literals)
+        self.literal_user = "".join(self.user.literals)
 
     @property
     def has_history(self) -> bool:
@@ -202,7 +227,8 @@ class PromptTemplate:
         return out
 
 
-def _fill(pieces: tuple[Piece, ...], values: Mapping[str, str]) -> str:
+def _fill(part: Part, values: Mapping[str, str]) -> str:
+    pieces = zip(part.literals, part.fields, strict=True)
     return "".join(literal + values[field] if field else literal for literal, field in pieces)
 
 

@@ -106,6 +106,19 @@ def test_the_rendered_size_is_bounded_before_rendering() -> None:
     assert build(inp, max_chars=10_001_000)[1]["content"] == "x" * 10_000_000
 
 
+def test_a_template_of_many_placeholders_is_checked_in_little_memory() -> None:
+    step = PromptStep(PromptLibrary.load(), max_chars=2_000_000)
+    inp = {"question": "x" * 1000, "user_prompt_template": "{question}" * 100_000}  # 1 M
+    tracemalloc.start()
+    try:
+        with pytest.raises(PromptError, match="would hold 100000000 characters"):
+            step.check(inp)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024  # a pointer or two per placeholder, no object per piece
+
+
 def test_a_value_too_large_for_a_library_template_is_blamed() -> None:
     docs = [{"text": "d" * 5000, "metadata": {}}]
     with pytest.raises(PromptError) as info:
