@@ -116,11 +116,12 @@ def _check_echoable(field: str, value: object) -> None:
     they hold NaN or infinities, which orjson would quietly send back as null."""
     if value is None:
         return
-    require_finite(field, value)
     try:
-        orjson.dumps(value)
+        encoded = orjson.dumps(value)
     except TypeError as exc:
         raise InvalidRequest(f"{field}: {exc}; integers must fit in 64 bits", param=field) from None
+    if b"null" in encoded:  # a None, or a NaN or infinity encoded as null: look closer
+        require_finite(field, value)
 
 
 def require_finite(field: str, value: object) -> None:
