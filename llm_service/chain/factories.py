@@ -185,7 +185,8 @@ def build_chain(
 def build_prompt_step(
     settings: Settings, client: UpstreamClient, *, max_tokens: int | None = None
 ) -> PromptStep:
-    """The prompt step: the templates of ``LLM_PROMPTS_DIR`` and the server's token budget."""
+    """The prompt step: the templates of ``LLM_PROMPTS_DIR``, the server's token budget, and
+    ``LLM_MAX_INPUT_CHARS`` as the bound of the built prompt."""
     window = settings.max_model_len or (settings.embedded_n_ctx if settings.embedded else None)
     budget = ServerBudget(
         client,
@@ -194,4 +195,5 @@ def build_prompt_step(
         max_model_len=window,
         default_max_tokens=max_tokens or settings.default_max_tokens,
     )
-    return PromptStep(PromptLibrary.load(settings.prompts_dir, settings.prompt_template), budget)
+    library = PromptLibrary.load(settings.prompts_dir, settings.prompt_template)
+    return PromptStep(library, budget, max_chars=settings.max_input_chars)

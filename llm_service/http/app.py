@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import TypeAdapter
+from pydantic import SecretStr, TypeAdapter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_service import __version__
@@ -31,7 +31,7 @@ from llm_service.rag import PromptLibrary
 from llm_service.serving.chat import ChatService
 from llm_service.settings import Settings
 from llm_service.upstream import build_client
-from llm_service.upstream.embedded import EmbeddedServer
+from llm_service.upstream.embedded import EmbeddedServer, new_api_key
 from llm_service.upstream.readiness import wait_until_answers
 
 log = logging.getLogger(__name__)
@@ -62,20 +62,25 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         embedded: EmbeddedServer | None = None
         endpoint = settings.model_server_endpoint
+        served = settings  # the settings the model-server side is built from
         if endpoint is None:
             embedded = EmbeddedServer(
                 settings.embedded_model_path,
                 alias=settings.model_name,
                 n_ctx=settings.embedded_n_ctx,
                 startup_timeout=settings.embedded_startup_timeout,
+                api_key=new_api_key(),  # only this process knows it
             )
             state["embedded"] = embedded
             endpoint = await embedded.start()
+            # Every model-server call (the upstream client, ChatOpenAI) sends the child's key
+            # as its static key; a key or OAuth set for a remote server never goes to it.
+            served = settings.model_copy(update={"vllm_api_key": SecretStr(embedded.api_key or "")})
         state["endpoint"] = endpoint
-        client = build_client(settings, endpoint)
+        client = build_client(served, endpoint)
         await client.start()
         app.state.service = ChatService(
-            settings, client, build_prompt_step(settings, client), observability=observability
+            served, client, build_prompt_step(served, client), observability=observability
         )
         app.state.embedded = embedded
         # The model server may come up after us; wait for it in the background (liveness

@@ -28,7 +28,7 @@ class ChainInput(BaseModel):
     """The chain's input: ready-made ``messages``, or ``question`` + ``reranked_docs`` +
     ``history`` for the service to build the prompt from (as on ``/v1/chat/completions``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     question: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
@@ -59,7 +59,7 @@ class ChainInput(BaseModel):
 class Knobs(BaseModel):
     """What ``config.configurable`` may set, with the same limits as the OpenAI route."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt_template: str | None = Field(None, min_length=1, max_length=128)
     temperature: float | None = Field(None, ge=0.0, le=2.0)

@@ -38,7 +38,7 @@ HistoryItem = Annotated[
 class RerankedDoc(BaseModel):
     """A TextDoc-like reranked document: its text and metadata (source, citation, scores)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     text: str = Field(max_length=MAX_TEXT)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -55,6 +55,8 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",
+        # NaN and infinities parse (pydantic reads NaN, Infinity), but are not JSON: 422.
+        allow_inf_nan=False,
         # In the OpenAPI schema too (clients, fuzzers): one of the two inputs is required.
         json_schema_extra={"anyOf": [{"required": ["messages"]}, {"required": ["question"]}]},
     )

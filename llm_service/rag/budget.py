@@ -125,6 +125,9 @@ class Pieces:
     docs: list[str]
     history: list[str]
     truncate: Callable[[str, int], str] = field(default=lambda text, chars: text[:chars])
+    # How many times each fixed piece is in the prompt (a template may repeat {question});
+    # each piece is counted once and weighed by this. Empty: once each.
+    repeats: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -138,9 +141,10 @@ async def fit(pieces: Pieces, budget: int, counter: Counter, counted_by: str) ->
     """Keep as much of ``pieces`` as fits in ``budget`` tokens (see the module rules)."""
     overhead = PROMPT_OVERHEAD + MESSAGE_OVERHEAD * max(len(pieces.fixed), 1)
     sep = SEPARATOR_TOKENS
+    repeats = pieces.repeats or [1] * len(pieces.fixed)
     bound = (
         overhead
-        + sum(byte_bound(t) for t in pieces.fixed)
+        + sum(byte_bound(t) * n for t, n in zip(pieces.fixed, repeats, strict=True))
         + sum(byte_bound(t) + sep for t in pieces.docs)
         + sum(byte_bound(t) + sep for t in pieces.history)
     )
@@ -154,7 +158,7 @@ async def fit(pieces: Pieces, budget: int, counter: Counter, counted_by: str) ->
     texts = [*pieces.fixed, *pieces.docs, *pieces.history]
     counts = await counter(texts)
     n_fixed, n_docs = len(pieces.fixed), len(pieces.docs)
-    fixed = overhead + sum(counts[:n_fixed])
+    fixed = overhead + sum(c * n for c, n in zip(counts[:n_fixed], repeats, strict=True))
     doc_counts = [c + sep for c in counts[n_fixed : n_fixed + n_docs]]
     hist_counts = [c + sep for c in counts[n_fixed + n_docs :]]
     if fixed > budget:

@@ -85,6 +85,11 @@ def format_turn(turn: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def turn_chars(turn: Mapping[str, Any]) -> int:
+    """Characters of text in one history item: its content, or its question and answer."""
+    return sum(len(str(turn.get(key) or "")) for key in ("content", "question", "answer"))
+
+
 def format_history(history: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(line for line in (format_turn(t) for t in history) if line)
 

@@ -35,9 +35,10 @@ from llm_service.rag.documents import (
     format_history,
     format_turn,
     join_documents,
+    turn_chars,
     unique_documents,
 )
-from llm_service.rag.templates import PromptError, PromptLibrary, PromptTemplate
+from llm_service.rag.templates import LIBRARY_PARAM, PromptError, PromptLibrary, PromptTemplate
 
 
 @dataclass
@@ -77,17 +78,74 @@ class PromptStep:
     the chain's first step. Input keys: ``messages`` or ``question`` + ``reranked_docs`` +
     ``history``; optionally ``prompt_template`` (a name), ``system_prompt_template`` /
     ``user_prompt_template`` (template text) and ``max_tokens`` (for the budget).
+
+    ``max_chars`` bounds the built prompt (the service passes ``LLM_MAX_INPUT_CHARS``): its
+    size is computed from the template before anything is rendered or counted, and a prompt
+    that would be larger is refused (PromptError, a 422).
     """
 
-    def __init__(self, library: PromptLibrary, budget: Budget | None = None) -> None:
+    def __init__(
+        self, library: PromptLibrary, budget: Budget | None = None, max_chars: int | None = None
+    ) -> None:
         self.library = library
         self.budget = budget  # None: no budget (e.g. build_prompt without a model server)
+        self.max_chars = max_chars  # None: no bound
 
     def template_for(self, inp: Mapping[str, Any]) -> PromptTemplate:
         system, user = inp.get("system_prompt_template"), inp.get("user_prompt_template")
         if system is not None or user is not None:
             return self.library.custom(system, user, inp.get("prompt_template"))
         return self.library.get(inp.get("prompt_template"))
+
+    def check(self, inp: Mapping[str, Any]) -> None:
+        """What can be refused before the chain runs (PromptError): the input's templates and
+        a prompt past ``max_chars``."""
+        if inp.get("messages"):
+            return
+        question = inp.get("question")
+        docs = unique_documents(inp.get("reranked_docs") or ())
+        self.bound(self.template_for(inp), str(question or ""), docs, inp.get("history") or ())
+
+    def bound(
+        self,
+        template: PromptTemplate,
+        question: str,
+        docs: Sequence[Mapping[str, Any]],
+        history: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """PromptError when what the request puts in the prompt would pass ``max_chars``: its
+        own template text, and each value's characters times its placeholder's occurrences
+        (the question at each ``{question}``; documents and history once). Computed from
+        lengths, before anything is rendered or counted. The library's own text and the
+        documents' labels are not counted: they are not the request's to multiply."""
+        if self.max_chars is None:
+            return
+        spec = template.spec
+        share = {
+            "question": len(question),
+            "reranked_docs": sum(len(str(d.get("text") or "")) for d in docs),
+            "history": sum(turn_chars(t) for t in history),
+        }
+        parts = [
+            (spec.system_param, template.literal_system, template.system_counts["question"]),
+            (spec.user_param, template.literal_user, template.user_counts["question"]),
+        ]
+        own = [(asks, param) for param, _, asks in parts if param != LIBRARY_PARAM]
+        for param, literal, _ in parts:
+            if param != LIBRARY_PARAM:
+                share[param] = share.get(param, 0) + len(literal)
+        # Each {question} past the first is more text, on the account of the part repeating it.
+        repeater = max(own)[1] if own and max(own)[0] else "question"
+        share[repeater] = share.get(repeater, 0) + (template.counts["question"] - 1) * len(question)
+        total = sum(share.values())
+        if total > self.max_chars:
+            param = max(share, key=lambda name: share[name])
+            raise PromptError(
+                f"{param}: the prompt would hold {total} characters of the request's text (its "
+                f"templates, and each value times its placeholder's occurrences); the limit is "
+                f"{self.max_chars}",
+                param=param,
+            )
 
     async def abuild(self, inp: Mapping[str, Any], max_tokens: int | None = None) -> BuiltPrompt:
         messages = inp.get("messages")
@@ -99,6 +157,8 @@ class PromptStep:
         template = self.template_for(inp)
         docs = unique_documents(inp.get("reranked_docs") or ())
         history: list[Mapping[str, Any]] = list(inp.get("history") or ())
+        # Before anything is formatted, counted or sent: a prompt past the limit is refused.
+        self.bound(template, question, docs, history)
         formatted_docs = [format_document(d) for d in docs]
         context: ContextReport | None = None
         budget = None
@@ -109,7 +169,8 @@ class PromptStep:
                 raise PromptError(str(exc), param=exc.param) from None
         if self.budget is not None and budget is not None:
             pieces = Pieces(
-                fixed=[template.spec.system, template.spec.user, question],
+                fixed=[template.literal_system, template.literal_user, question],
+                repeats=[1, 1, template.counts["question"]],
                 docs=formatted_docs,
                 history=[format_turn(t) for t in history],
             )

@@ -41,6 +41,7 @@ from llm_service.protocol.langserve import (
 from llm_service.protocol.validation import invalid_request
 from llm_service.rag import PromptError, PromptStep
 from llm_service.serving.chat import ChatService
+from llm_service.serving.limits import require_finite
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,15 @@ class LangServeCalls:
 
     @staticmethod
     def parse(model: type[M], body: bytes) -> M:
-        """The body as ``model``, or a 422 naming every bad field."""
+        """The body as ``model``, or a 422 naming every bad field (NaN or an infinity
+        anywhere in it too, free-form ``input``, ``config`` and metadata included)."""
         try:
-            return model.model_validate_json(body)
+            request = model.model_validate_json(body)
         except ValidationError as exc:
             raise invalid_request(exc.errors(include_url=False)) from None
+        for name, value in request:
+            require_finite(name, value)
+        return request
 
     def checked(
         self, raw_input: Any, raw_config: Mapping[str, Any], where: str = "", config_at: str = ""
@@ -157,7 +162,12 @@ class LangServeCalls:
         inp.check()
         if inp.prompt_template is not None:
             self._check_template(inp.prompt_template, f"{where}.prompt_template")
-        return inp.model_dump(exclude_none=True)
+        out = inp.model_dump(exclude_none=True)
+        try:  # the request's own templates and the prompt's size, before anything runs
+            self.service.prompt.check(out)
+        except PromptError as exc:
+            raise InvalidRequest(f"{where}.{exc}", param=f"{where}.{exc.param}") from None
+        return out
 
     def _check_template(self, name: str, param: str) -> None:
         try:

