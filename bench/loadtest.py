@@ -81,7 +81,9 @@ class LoadTest:
         t = self.tally
         start = time.monotonic()
         try:
-            async with session.post(self.url, data=self.body) as resp:
+            async with session.post(
+                self.url, data=self.body, headers={"Content-Type": "application/json"}
+            ) as resp:
                 if resp.status != 200:
                     await resp.read()
                     t.error(f"http_{resp.status}")

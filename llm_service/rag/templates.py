@@ -5,8 +5,9 @@ Template text is data, never code: its only placeholders are plain ``{question}`
 specs (``{question:>9}``), conversions (``{question!r}``), attribute and index access are
 refused, and ``{reranked_docs}`` and ``{history}`` appear at most once, so the rendered size
 is known before anything is rendered: the template's literal text plus each value's length
-times its occurrences. Rendering joins the parsed pieces; no format engine runs, and
-document, question and history text are values, never parsed as placeholders.
+times its occurrences. Only a template that passed these checks, and whose prompt fits,
+becomes a ``ChatPromptTemplate``; document, question and history text are values, never
+parsed as placeholders.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from langchain_core.prompts import ChatPromptTemplate
+
+from llm_service.protocol.openai import role_of
 from llm_service.rag.documents import history_messages
 
 REQUIRED_VARIABLES = frozenset({"question", "reranked_docs"})
@@ -209,6 +213,18 @@ class PromptTemplate:
         self.variables = set(self.counts)
         self.literal_system = "".join(self.system.literals)
         self.literal_user = "".join(self.user.literals)
+        self._chat_template: ChatPromptTemplate | None = None
+
+    @property
+    def chat_template(self) -> ChatPromptTemplate:
+        """The template as LangChain's ``ChatPromptTemplate`` (f-string: the checks above
+        leave it only plain fields). Made on first render, after the size check passed."""
+        if self._chat_template is None:
+            self._chat_template = ChatPromptTemplate.from_messages(
+                [("system", self.spec.system), ("human", self.spec.user)],
+                template_format="f-string",
+            )
+        return self._chat_template
 
     @property
     def has_history(self) -> bool:
@@ -218,18 +234,13 @@ class PromptTemplate:
         self, question: str, docs_text: str, history: Sequence[Mapping[str, Any]], history_text: str
     ) -> list[dict[str, str]]:
         values = {"question": question, "reranked_docs": docs_text, "history": history_text}
-        out = [
-            {"role": "system", "content": _fill(self.system, values)},
-            {"role": "user", "content": _fill(self.user, values)},
-        ]
+        messages = self.chat_template.format_messages(
+            **{k: v for k, v in values.items() if k in self.variables}
+        )
+        out = [{"role": role_of(m.type), "content": str(m.content)} for m in messages]
         if history and not self.has_history:  # history as prior chat turns instead
             out[1:1] = history_messages(history)
         return out
-
-
-def _fill(part: Part, values: Mapping[str, str]) -> str:
-    pieces = zip(part.literals, part.fields, strict=True)
-    return "".join(literal + values[field] if field else literal for literal, field in pieces)
 
 
 class PromptLibrary:

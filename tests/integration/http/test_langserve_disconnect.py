@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.fake_openai import FakeOpenAI
-from tests.servers import FakeServer, ServiceServer, settings_for
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.servers import FakeServer, ServiceServer, settings_for
 
 HOLD = 5.0  # seconds a slow whole answer takes: only a disconnect ends it sooner
 

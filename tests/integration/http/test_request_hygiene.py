@@ -7,8 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.fake_openai import FakeOpenAI
-from tests.servers import ServiceServer
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.servers import ServiceServer
 
 HI = b'[{"role": "user", "content": "hi"}]'
 DOC = b'{"question": "q", "reranked_docs": [{"text": "t", "metadata": {"score": %s}}]}'

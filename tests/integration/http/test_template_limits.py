@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_openai import FakeOpenAI
-from tests.integration.rss import MB, RSSGrowth
-from tests.servers import ServiceServer
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.rss import MB, RSSGrowth
+from tests.support.servers import ServiceServer
 
 # A 102-byte body that asked for a 200 M character prompt before templates were checked.
 WIDE = "{question:>200000000}"

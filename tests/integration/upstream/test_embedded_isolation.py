@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from llm_service.upstream.embedded import EmbeddedServer, child_environment
-from tests.servers import ServiceServer, settings_for
+from tests.support.servers import ServiceServer, settings_for
 
 MODEL = "SmolLM2-135M-Instruct"
 SECRETS = {
@@ -20,6 +20,9 @@ SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "cloud-secret",
 }
 INBOUND = {"Authorization": "Bearer inbound-key"}
+
+
+pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,14 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.fake_openai import FakeOpenAI, Script
-from tests.servers import ServiceServer
+from tests.support.fake_openai import FakeOpenAI, Script
+from tests.support.servers import ServiceServer
 
 EVIL = "javascript:alert(1)"
 GOOD = "https://example.com/nn"
+
+
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,7 @@ def test_page_headers(service: ServiceServer) -> None:
         ("example.com", None),
     ],
 )
+@pytest.mark.browser
 def test_only_http_urls_become_links(
     service: ServiceServer, browser: webdriver.Chrome, url: str, href: str | None
 ) -> None:
@@ -88,6 +92,7 @@ def test_only_http_urls_become_links(
     assert browser.execute_script("return httpUrl(arguments[0]);", url) == href
 
 
+@pytest.mark.browser
 def test_a_javascript_url_in_a_document_yields_no_link(
     service: ServiceServer, fake: FakeOpenAI, browser: webdriver.Chrome
 ) -> None:
