@@ -55,7 +55,7 @@ PACED_DELAY_MS = PACED_GAP_MS
 GROWTH = (1, 10, 100)  # paced streams; the 1000 row is the paced-1000 scenario
 UNPACED = {"stream-1": (1, True), "stream-64": (64, True), "stream-256": (256, True),
            "nonstream-64": (64, False)}  # fmt: skip
-SCENARIOS = (*UNPACED, "chain-64", "paced-1000", "growth")
+SCENARIOS = (*UNPACED, "chain-64", "langserve-64", "paced-1000", "growth")
 
 
 @dataclass
@@ -161,12 +161,12 @@ class Bench:
     def run_once(self) -> None:
         chosen = set(self.o.scenarios)
         unpaced = [key for key in UNPACED if key in chosen]
-        if unpaced or "chain-64" in chosen:
-            self.run_unpaced(unpaced, "chain-64" in chosen)
+        if unpaced or "chain-64" in chosen or "langserve-64" in chosen:
+            self.run_unpaced(unpaced, "chain-64" in chosen, "langserve-64" in chosen)
         if "paced-1000" in chosen or "growth" in chosen:
             self.run_paced("growth" in chosen, "paced-1000" in chosen)
 
-    def run_unpaced(self, keys: list[str], chain: bool) -> None:
+    def run_unpaced(self, keys: list[str], chain: bool, langserve: bool = False) -> None:
         print(f"fake upstream: {TOKENS} tokens, no delay, {self.o.per_write} chunks per write",
               file=sys.stderr)  # fmt: skip
         upstream, up_url = self.h.start_upstream("upstream", 0.0, self.o.per_write)
@@ -178,8 +178,8 @@ class Bench:
                           stream)  # fmt: skip
                 watch = {"upstream": upstream.pid}
                 self.record(row, functools.partial(self.loadgen, up_url, c, stream, False, watch))
-        if keys:
-            self.run_service_rows(keys, upstream, up_url)
+        if keys or langserve:
+            self.run_service_rows(keys, upstream, up_url, langserve)
         if chain:
             row = Row("chain-64", "Runnable astream c=64", "chain", 64,
                       baseline="stream-64/upstream")  # fmt: skip
@@ -191,7 +191,9 @@ class Bench:
             self.record(row, functools.partial(self.h.run_json, argv, cpu, timeout, True))
         self.h.stop(upstream)
 
-    def run_service_rows(self, keys: list[str], upstream: Child, up_url: str) -> None:
+    def run_service_rows(
+        self, keys: list[str], upstream: Child, up_url: str, langserve: bool = False
+    ) -> None:
         rows = []
         for key in keys:
             c, stream = UNPACED[key]
@@ -210,7 +212,17 @@ class Bench:
                 self.loadgen, svc_url, row.concurrency, row.stream, False, watch
             )
             self.record(row, measure)
-        if self.o.profile:
+        if langserve:  # the LangServe route: the chain's chunks as sse-starlette events
+            row = Row("langserve-64", "LangServe /llm/stream c=64", "service", 64,
+                      baseline="stream-64/upstream")  # fmt: skip
+            row.idle_rss_mb = idle
+            argv = ["-m", "bench.langserve_path", "--url", f"{svc_url}/llm/stream", "-c", "64",
+                    "--duration", str(self.o.duration), "--warmup", str(self.o.warmup),
+                    "--watch", str(service.pid)]  # fmt: skip
+            timeout = self.o.warmup + self.o.duration + 90
+            load = self.h.machine.load_cpu
+            self.record(row, functools.partial(self.h.run_json, argv, load, timeout))
+        if self.o.profile and keys:
             self.run_profile(svc_url, service, watch, "stream-64", 64, paced=False)
         self.h.stop(service)
 
