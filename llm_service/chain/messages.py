@@ -156,7 +156,7 @@ def ai_message_fields(message: Mapping[str, Any]) -> dict[str, Any]:
         calls, invalid = parse_tool_calls(raw_calls)
         fields["tool_calls"] = calls
         fields["invalid_tool_calls"] = invalid
-    if reasoning := _reasoning(message):
+    if reasoning := reasoning_of(message):
         fields["additional_kwargs"] = {"reasoning_content": reasoning}
     return fields
 
@@ -182,7 +182,8 @@ def parse_tool_calls(raw_calls: Sequence[Any]) -> tuple[list[ToolCall], list[Inv
     return calls, invalid
 
 
-def _reasoning(message: Mapping[str, Any]) -> str | None:
+def reasoning_of(message: Mapping[str, Any]) -> str | None:
+    """The reasoning text of a ``message`` or ``delta``, under either field name."""
     for field in REASONING_FIELDS:
         if text := message.get(field):
             return str(text)
@@ -209,7 +210,7 @@ class StreamedDelta:
             fields["tool_call_chunks"] = [
                 self._chunk(raw, position) for position, raw in enumerate(raw_calls)
             ]
-        if reasoning := _reasoning(delta):
+        if reasoning := reasoning_of(delta):
             fields["additional_kwargs"] = {"reasoning_content": reasoning}
         return fields
 

@@ -44,6 +44,7 @@ from llm_service.chain.messages import (
     StreamedDelta,
     ai_message_fields,
     message_to_dict,
+    reasoning_of,
     usage_metadata,
 )
 from llm_service.context import upstream_headers
@@ -96,17 +97,16 @@ class _ChunkFactory:
 
     def __call__(self, chunk: Chunk) -> ChatGenerationChunk:
         choices = chunk.get("choices")
-        if not choices:
+        if not choices or chunk.get("usage"):
             return chunk_to_generation(chunk, self._delta)
         choice = choices[0]
         delta = choice.get("delta") or {}
+        # A delta of content alone (vLLM, OpenAI, llama.cpp) is decided by its size; others
+        # (TGI repeats the role, some servers send null fields) are looked into.
         if (
             choice.get("finish_reason")
-            or chunk.get("usage")
             or choice.get("logprobs")
-            or delta.get("tool_calls")
-            or delta.get("reasoning_content")
-            or delta.get("reasoning")
+            or ((len(delta) != 1 or "content" not in delta) and _more_than_text(delta))
         ):
             return chunk_to_generation(chunk, self._delta)
         text = delta.get("content") or ""
@@ -116,6 +116,11 @@ class _ChunkFactory:
             return self._generation
         message = _copy(self._message, {"content": text})
         return _copy(self._generation, {"message": message, "text": text})
+
+
+def _more_than_text(delta: Mapping[str, Any]) -> bool:
+    """The delta carries tool calls or reasoning, not only content and a role."""
+    return bool(delta.get("tool_calls") or reasoning_of(delta))
 
 
 _new = object.__new__
