@@ -165,13 +165,14 @@ def server_payload(payload: dict[str, Any], server: ModelServer) -> dict[str, An
       llama.cpp) and replaces ``max_tokens`` elsewhere.
     - The ``developer`` role is OpenAI's own; other servers' chat templates know ``system``.
     - llama.cpp's server (``--chat_format chatml-function-calling``) differs from OpenAI in
-      five ways, each made up for here: it renders a content-part list as its Python text
+      six ways, each made up for here: it renders a content-part list as its Python text
       (a text-only list is joined), takes no null content (sent empty), shows the model the
       tools only inside a system message (an empty one is added when there is none),
-      ignores tools without a tool choice (``auto`` is sent, OpenAI's default), and has
-      neither ``response_format: json_schema`` (sent as ``{"type": "json_object",
-      "schema": ...}``, the same grammar-constrained output) nor ``tool_choice: required``
-      (sent as the one tool's name or, among several, as ``auto``, logged).
+      ignores tools without a tool choice (``auto`` is sent, OpenAI's default), returns no
+      logprobs without ``top_logprobs`` (0 is sent, OpenAI's default), and has neither
+      ``response_format: json_schema`` (sent as ``{"type": "json_object", "schema":
+      ...}``, the same grammar-constrained output) nor ``tool_choice: required`` (sent as
+      the one tool's name or, among several, as ``auto``, logged).
     """
     n = payload.pop("n", None)
     if n is not None and n != 1:
@@ -193,6 +194,8 @@ def server_payload(payload: dict[str, Any], server: ModelServer) -> dict[str, An
 
 def _for_llamacpp(payload: dict[str, Any]) -> None:
     payload["messages"] = [_joined(m) for m in payload["messages"]]
+    if payload.get("logprobs") and payload.get("top_logprobs") is None:
+        payload["top_logprobs"] = 0
     response_format = payload.get("response_format")
     if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema")

@@ -148,6 +148,16 @@ async def test_plain_chat_with_tools_bound(llama: UpstreamChatModel) -> None:
     assert total.tool_calls or total.text.strip()
 
 
+@pytest.mark.embedded
+async def test_logprobs_from_llamacpp(llama: UpstreamChatModel) -> None:
+    model = llama.bind(logprobs=True, max_tokens=4)  # OpenAI's form: no top_logprobs
+    whole = await model.ainvoke("Hi")
+    entries = whole.response_metadata["logprobs"]["content"]
+    assert entries and all(isinstance(e["logprob"], float) for e in entries)
+    total = await merged(model.astream("Hi"))
+    assert 1 <= len(total.response_metadata["logprobs"]["content"]) <= 4  # one per token
+
+
 # --- against the fake server ---------------------------------------------------------------
 
 
