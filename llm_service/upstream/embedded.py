@@ -131,6 +131,7 @@ class EmbeddedServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--n_ctx", str(self.n_ctx),
+            "--chat_format", "chatml-function-calling",  # ChatML that also takes tools
             "--verbose", "False",
         ]  # fmt: skip
 

@@ -2,8 +2,10 @@
 
 It does on cue what a real server cannot be made to do: refuse, fail with a status, stall
 before the first token, die mid-stream, send vLLM's role-only first chunk and usage chunk,
-send malformed chunks or no ``[DONE]``. Each request takes the next queued ``Script`` (or the
-default one); every request body and header set is recorded.
+send malformed chunks or no ``[DONE]``, and answer as vLLM does with reasoning, tool calls
+(arguments split over chunks, several calls in one answer) and logprobs. Each request takes
+the next queued ``Script`` (or the default one); every request body and header set is
+recorded.
 
 Run standalone for benchmarks::
 
@@ -22,6 +24,28 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+
+@dataclass
+class ToolCall:
+    """One tool call the fake answers with; ``arguments`` is the JSON text in the pieces
+    it is streamed in."""
+
+    name: str
+    arguments: list[str]
+    id: str = ""
+
+    def whole(self, index: int) -> dict[str, Any]:
+        """vLLM's ``message.tool_calls`` entry."""
+        return {"id": self.id or f"chatcmpl-tool-{index}", "type": "function",
+                "function": {"name": self.name, "arguments": "".join(self.arguments)}}  # fmt: skip
+
+    def deltas(self, index: int) -> list[dict[str, Any]]:
+        """vLLM's streamed deltas: id, type and name first, then the argument pieces."""
+        first = {"id": self.id or f"chatcmpl-tool-{index}", "type": "function",
+                 "index": index, "function": {"name": self.name}}  # fmt: skip
+        pieces = [{"index": index, "function": {"arguments": a}} for a in self.arguments]
+        return [{"tool_calls": [call]} for call in (first, *pieces)]
 
 
 @dataclass
@@ -49,6 +73,10 @@ class Script:
     # --- fault injection ---
     hang_after: int | None = None  # after this many content chunks: silence until the client closes
     empty_200: bool = False  # answer 200 with an empty body
+    # --- what reasoning models and tool calls add (vLLM's shapes) ---
+    reasoning: list[str] | None = None  # streamed before the content, whole in the message
+    reasoning_field: str = "reasoning_content"  # newer vLLM: "reasoning"
+    tool_calls: list[ToolCall] | None = None  # after the content; finish_reason tool_calls
 
 
 class FakeOpenAI:
@@ -150,14 +178,23 @@ class FakeOpenAI:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if script.first_token_delay:
             await asyncio.sleep(script.first_token_delay)
+        if script.tool_calls:
+            finish = "tool_calls"
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+            if script.reasoning:
+                message[script.reasoning_field] = "".join(script.reasoning)
+            if script.tool_calls:
+                message["content"] = message["content"] or None
+                message["tool_calls"] = [c.whole(i) for i, c in enumerate(script.tool_calls)]
+            choice = {"index": 0, "finish_reason": finish, "message": message}
+            if body.get("logprobs"):
+                choice["logprobs"] = {"content": [logprob(t, body) for t in tokens]}
             return web.json_response(
                 {
                     "id": "chatcmpl-fake", "object": "chat.completion",
                     "created": int(time.time()), "model": self.model,
-                    "choices": [{"index": 0, "finish_reason": finish,
-                                 "message": {"role": "assistant", "content": "".join(tokens)}}],
-                    "usage": usage,
+                    "choices": [choice], "usage": usage,
                 },
                 dumps=lambda o: orjson.dumps(o).decode(),
             )  # fmt: skip
@@ -179,15 +216,21 @@ class FakeOpenAI:
         head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": self.model}  # fmt: skip
 
-        def frame(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            chunk = {**head, "choices": [{"index": 0, "delta": delta,
-                                          "finish_reason": finish_reason}]}  # fmt: skip
+        def frame(
+            delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None
+        ) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            if logprobs is not None:
+                choice["logprobs"] = logprobs
+            chunk = {**head, "choices": [choice]}
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
         try:
             if script.role_chunk:
                 await resp.write(frame({"role": "assistant", "content": ""}))
-            pending: list[bytes] = []
+            pending: list[bytes] = [
+                frame({script.reasoning_field: r}) for r in script.reasoning or ()
+            ]
             for i, token in enumerate(tokens):
                 if script.hang_after is not None and i == script.hang_after:
                     await resp.write(b"".join(pending))
@@ -216,10 +259,13 @@ class FakeOpenAI:
                         await resp.write(b"".join(pending))
                         pending.clear()
                     await asyncio.sleep(script.stall_for)
-                pending.append(frame({"content": token}))
+                logprobs = {"content": [logprob(token, body)]} if body.get("logprobs") else None
+                pending.append(frame({"content": token}, logprobs=logprobs))
                 if len(pending) >= script.tokens_per_write:
                     await resp.write(b"".join(pending))
                     pending.clear()
+            for i, call in enumerate(script.tool_calls or ()):
+                pending.extend(frame(delta) for delta in call.deltas(i))
             if script.usage_in_finish_chunk:
                 last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
                         "usage": usage}  # fmt: skip
@@ -278,6 +324,15 @@ class FakeOpenAI:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def logprob(token: str, body: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's logprobs entry for one token, with ``top_logprobs`` alternatives."""
+    data = list(token.encode())
+    top = [{"token": token, "logprob": -0.25, "bytes": data}]
+    top += [{"token": f"alt{i}", "logprob": -2.0 - i, "bytes": list(f"alt{i}".encode())}
+            for i in range(1, int(body.get("top_logprobs") or 0))]  # fmt: skip
+    return {"token": token, "logprob": -0.25, "bytes": data, "top_logprobs": top}
 
 
 def main() -> None:
