@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from llm_service.protocol.openai import MAX_TEXT, ChatMessage, StreamOptions, Usage
+from llm_service.protocol.reranked import AnswerData
 
 
 class HistoryTurn(BaseModel):
@@ -138,7 +139,7 @@ class GeneratedDoc(BaseModel):
     prompt: str
     stream: bool
     output_guardrail_params: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
+    data: AnswerData
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
