@@ -32,7 +32,7 @@ from llm_service.rag import BuiltPrompt, PromptError, PromptStep
 from llm_service.rag.documents import answer_data
 from llm_service.serving.limits import Gate, check_input
 from llm_service.serving.relay import Answer, ChainRelay, Relay, UpstreamRelay
-from llm_service.settings import Settings
+from llm_service.settings import ModelServer, Settings
 from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.params import sampling_payload
 
@@ -67,6 +67,27 @@ class Prepared:
         have none (the reference sends it on every whole answer)."""
         trailer = self.trailer(answer_text)
         return {"reranked_docs": []} if trailer is None else trailer
+
+
+# What the reference sent the model server when LLMParamsDoc left them out (its other
+# defaults, top_k, typical_p and repetition_penalty, it never sent; max_new_tokens' is
+# LLM_DEFAULT_MAX_TOKENS).
+REFERENCE_SAMPLING: dict[str, float] = {"temperature": 0.01, "top_p": 0.95}
+
+
+def reference_defaults(
+    params: dict[str, Any], request: ChatRequest, server: ModelServer
+) -> dict[str, Any]:
+    """``params`` with the reference's sampling defaults for what the request left out, so a
+    pipeline that relied on them gets the answers it got before.
+
+    Only for the seed's and the RAG form's requests: one that names a ``model`` is
+    OpenAI-style and gets the model server's defaults, as from OpenAI. Nor towards OpenAI
+    itself, whose reasoning models refuse any temperature but their own."""
+    if request.model is not None or server is ModelServer.OPENAI:
+        return params
+    missing = {k: v for k, v in REFERENCE_SAMPLING.items() if params.get(k) is None}
+    return {**params, **missing} if missing else params
 
 
 @dataclass
@@ -142,7 +163,7 @@ class ChatService:
     async def prepare(self, request: ChatRequest) -> Prepared:
         check_input(request, self.settings)  # LLM_MAX_MESSAGES/_DOCUMENTS/_INPUT_CHARS: 422
         reported = reported_docs(request.data)  # 400 before any model work, as the reference
-        params = self._params(request)
+        params = reference_defaults(self._params(request), request, self.settings.model_server)
         inp: dict[str, Any]
         if request.messages:
             inp = {"messages": [m.model_dump(exclude_none=True) for m in request.messages]}
