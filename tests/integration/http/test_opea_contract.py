@@ -76,13 +76,13 @@ def seed(stream: bool, **extra: Any) -> dict[str, Any]:
     return {"messages": MESSAGES, "max_new_tokens": 8, "stream": stream, **extra}
 
 
-def whole_data(server: ServiceServer, body: dict[str, Any]) -> Any:
+def whole_data(server: ServiceServer, body: dict[str, Any] | str) -> Any:
     resp = post(server, body)
     assert resp.status_code == 200, resp.text
     return resp.json()["data"]
 
 
-def stream_frames(server: ServiceServer, body: dict[str, Any]) -> list[Frame]:
+def stream_frames(server: ServiceServer, body: dict[str, Any] | str) -> list[Frame]:
     resp = post(server, body)
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("text/event-stream")
@@ -154,7 +154,10 @@ def test_readme_example_output_with_additional_data(vllm: ServiceServer, fake: F
 
 
 def test_whole_answers_always_carry_reranked_docs(vllm: ServiceServer, fake: FakeOpenAI) -> None:
-    for data in (None, {}, {"reranked_docs": []}, {"reranked_docs": None}, {"other": 1}):
+    datas: list[dict[str, Any] | None] = [
+        None, {}, {"reranked_docs": []}, {"reranked_docs": None}, {"other": 1}
+    ]  # fmt: skip
+    for data in datas:
         body = seed(False) if data is None else seed(False, data=data)
         assert whole_data(vllm, body) == {"reranked_docs": []}
 
