@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from llm_service.protocol.reranked import source_fields
+from llm_service.protocol.reranked import NotReranked, to_reranked_doc
 
 HEADER_KEYS = tuple(f"Header{i}" for i in range(1, 8))
 _CITATION = re.compile(r"\[(\w{1,32})\]")
@@ -113,8 +113,15 @@ def history_messages(history: Sequence[Mapping[str, Any]]) -> list[dict[str, str
 def reported_documents(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The documents as the reference reports sources (``protocol.reranked``): links and
     files, with their text and scores. A document without a source is in the prompt but not
-    listed: it can be neither shown as a source nor cited."""
-    return [fields for fields in map(source_fields, docs) if fields is not None]
+    listed (it can be neither shown as a source nor cited), and so is one whose source or
+    scores the reference's types refuse (a reader of the list may rely on them)."""
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        try:
+            out.append(to_reranked_doc(doc))
+        except NotReranked:
+            continue
+    return out
 
 
 def answer_data(

@@ -84,9 +84,10 @@ def test_fuzz_chat_route_with_invalid_requests(
         api_schema, service, "POST", "/v1/chat/completions", GenerationMode.NEGATIVE, 300
     )
     assert sum(statuses.values()) >= 300
-    # Refused with a 4xx, or (when the mutation is one the service tolerates, e.g. a
-    # property it ignores) answered; never a 5xx.
-    assert set(statuses) <= {200, 413, 422}, statuses
+    # Refused with a 4xx (400: a data.reranked_docs item the seed could not convert either),
+    # or (when the mutation is one the service tolerates, e.g. a property it ignores)
+    # answered; never a 5xx.
+    assert set(statuses) <= {200, 400, 413, 422}, statuses
     assert statuses.get(422, 0) > sum(statuses.values()) / 2
 
 

@@ -228,8 +228,10 @@ def test_rag_form_reports_used_docs_in_the_reference_shape(
     vllm: ServiceServer, fake: FakeOpenAI
 ) -> None:
     """So ``data.reranked_docs[i].url`` reads the same in both forms; a document without a
-    source is in the prompt but not listed (it can be neither shown nor cited)."""
-    docs = [*DOCS, {"text": "A plain note without a source."}]
+    source is in the prompt but not listed (it can be neither shown nor cited), nor is one
+    whose values the reference's types refuse."""
+    odd = {"text": "An odd source.", "metadata": {"url": 5}}
+    docs = [*DOCS, {"text": "A plain note without a source."}, odd]
     body = {"question": "What is deep learning?", "reranked_docs": docs, "max_new_tokens": 8}
     expected = [
         {"text": "Deep learning uses neural networks.", "vector_distance": 0.23,
@@ -240,11 +242,12 @@ def test_rag_form_reports_used_docs_in_the_reference_shape(
     ]  # fmt: skip
     whole = whole_data(vllm, {**body, "stream": False})
     streamed = trailer(stream_frames(vllm, {**body, "stream": True}))
-    assert "A plain note without a source." in fake.requests[-1]["messages"][0]["content"]
+    system = fake.requests[-1]["messages"][0]["content"]
+    assert "A plain note without a source." in system and "An odd source." in system
     for data in (whole, streamed):
         assert data["reranked_docs"] == expected
         assert data["citations"] == []  # the fake's answer cites nothing
-        assert data["context"]["docs_used"] == 3
+        assert data["context"]["docs_used"] == 4
 
 
 def test_rag_form_reports_data_reranked_docs_when_given(
