@@ -69,9 +69,9 @@ class Prepared:
         return {"reranked_docs": []} if trailer is None else trailer
 
 
-# What the reference sent the model server when LLMParamsDoc left them out (its other
-# defaults, top_k, typical_p and repetition_penalty, it never sent; max_new_tokens' is
-# LLM_DEFAULT_MAX_TOKENS).
+# What the reference sent the model server when LLMParamsDoc left them out. Its default
+# max_new_tokens is LLM_DEFAULT_MAX_TOKENS' default; its other defaults (top_k, typical_p,
+# repetition_penalty) it never sent.
 REFERENCE_SAMPLING: dict[str, float] = {"temperature": 0.01, "top_p": 0.95}
 
 
