@@ -8,15 +8,23 @@ in order of precedence, from keyword arguments, the process environment, an env 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, FilePath, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LLM_"
+
+# A value in one pair of matching quotes, perhaps followed by a comment, as a line of an env
+# file holds it when the tool that read the file (docker's --env-file) keeps both.
+_QUOTED = re.compile(r"""(["'])(.*?)\1(\s+#.*)?""", re.DOTALL)
+
+# Other names of levels that Python's logging (and so the reference) takes.
+_LEVEL_NAMES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 
 class ModelServer(StrEnum):
@@ -57,6 +65,7 @@ class Settings(BaseSettings):
         extra="ignore",
         validate_default=True,
         protected_namespaces=(),
+        populate_by_name=True,  # Settings(log_level=...) despite its environment aliases
     )
 
     # --- the seed's contract -------------------------------------------------------------
@@ -151,8 +160,13 @@ class Settings(BaseSettings):
     embedded_startup_timeout: float = Field(
         180.0, gt=0, description="Seconds to wait for the embedded server to answer."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level."
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO",
+        # The reference's variable, read when LLM_LOG_LEVEL is not set.
+        validation_alias=AliasChoices("LLM_LOG_LEVEL", "OPEA_LOGGER_LEVEL"),
+        description="Log level (WARN and FATAL are read as WARNING and CRITICAL). "
+        "OPEA_LOGGER_LEVEL, the variable of the service this replaces, is read when this "
+        "one is not set.",
     )
 
     # --- connectivity: servers, TLS, timeouts, replicas, start-up ---------------------------
@@ -285,6 +299,17 @@ class Settings(BaseSettings):
         "<key>' (401 otherwise; health routes stay open). Empty: no inbound auth.",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unquote(cls, value: Any) -> Any:
+        # The reference strips one pair of quotes from its values (sanitize_env), so its env
+        # files work where nothing else strips them: docker run --env-file, a ConfigMap.
+        if isinstance(value, str):
+            match = _QUOTED.fullmatch(value.strip())
+            if match is not None:
+                return match.group(2)
+        return value
+
     @field_validator("model_server", mode="before")
     @classmethod
     def _lower_server(cls, value: Any) -> Any:
@@ -319,7 +344,10 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        level = value.strip().upper()
+        return _LEVEL_NAMES.get(level, level)
 
     @property
     def inbound_keys(self) -> list[str]:
@@ -347,6 +375,16 @@ class Settings(BaseSettings):
             raise SettingsError(describe_errors(exc)) from None
 
 
+def _variable(loc: str) -> str:
+    """The environment name(s) of the field an error names: ``LLM_USVC_PORT``; a field read
+    from several variables names them all (``LLM_LOG_LEVEL or OPEA_LOGGER_LEVEL``)."""
+    for info in Settings.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and loc in alias.choices:
+            return " or ".join(str(choice) for choice in alias.choices)
+    return f"{ENV_PREFIX}{loc.upper()}"
+
+
 def describe_errors(exc: ValidationError) -> str:
     """One line per invalid variable, named as in the environment."""
     lines = ["invalid configuration:"]
@@ -356,5 +394,5 @@ def describe_errors(exc: ValidationError) -> str:
         got = err.get("input")
         if "secret" in field or "api_key" in field:
             got = "**********"
-        lines.append(f"  {ENV_PREFIX}{field.upper()}: {msg} (got {got!r})")
+        lines.append(f"  {_variable(field)}: {msg} (got {got!r})")
     return "\n".join(lines)

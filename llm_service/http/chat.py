@@ -40,7 +40,7 @@ router = APIRouter()
 PATH = "/v1/chat/completions"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429, 502, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 429, 502, 503, 504)
 }
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

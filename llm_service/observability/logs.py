@@ -80,8 +80,9 @@ def handler_for(settings: Settings, stream: Any = None) -> logging.Handler:
 
 
 def configure_logging(settings: Settings) -> None:
-    """Root logger: one handler in ``LLM_LOG_FORMAT`` at ``LLM_LOG_LEVEL`` (uvicorn's loggers
-    propagate to it, so its lines come out in the same format)."""
+    """Root logger: one handler in ``LLM_LOG_FORMAT`` at ``LLM_LOG_LEVEL`` (or the reference's
+    ``OPEA_LOGGER_LEVEL``, which settings read when it is unset); uvicorn's loggers propagate
+    to it, so its lines come out in the same format."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from llm_service.protocol.openai import MAX_TEXT, ChatMessage, StreamOptions, Usage
+from llm_service.protocol.reranked import AnswerData
 
 
 class HistoryTurn(BaseModel):
@@ -80,6 +81,9 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI
     stream: bool | None = None
+    streaming: bool | None = Field(
+        None, description="LLMParamsDoc's name for ``stream`` before OPEA 2.0: a synonym."
+    )
     stream_options: StreamOptions | None = None
 
     data: dict[str, Any] | None = None
@@ -99,6 +103,15 @@ class ChatRequest(BaseModel):
             raise ValueError("max_tokens: differs from max_new_tokens; give one of them")
         if isinstance(self.stop, list) and len(self.stop) > 16:
             raise ValueError("stop: at most 16 stop sequences")
+        return self
+
+    @model_validator(mode="after")
+    def _streaming_synonym(self) -> ChatRequest:
+        # Pipelines built on LLMParamsDoc before its rename still send ``streaming``.
+        if self.streaming is not None:
+            if self.stream is not None and self.stream != self.streaming:
+                raise ValueError("streaming: differs from stream; give one of them")
+            self.stream = self.streaming
         return self
 
     def wants_stream(self) -> bool:
@@ -126,7 +139,7 @@ class GeneratedDoc(BaseModel):
     prompt: str
     stream: bool
     output_guardrail_params: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
+    data: AnswerData
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str

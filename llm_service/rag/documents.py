@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from llm_service.protocol.reranked import NotReranked, to_reranked_doc
+
 HEADER_KEYS = tuple(f"Header{i}" for i in range(1, 8))
 _CITATION = re.compile(r"\[(\w{1,32})\]")
 
@@ -108,20 +110,39 @@ def history_messages(history: Sequence[Mapping[str, Any]]) -> list[dict[str, str
     return out
 
 
-def trailer_document(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The document as reported back to the caller: its source and scores, no text."""
-    metadata = doc.get("metadata") or {}
-    out: dict[str, Any] = {}
-    if metadata.get("url"):
-        out["url"] = metadata["url"]
-        out["type"] = "link"
-    elif metadata.get("object_name"):
-        out["bucket_name"] = metadata.get("bucket_name")
-        out["object_name"] = metadata["object_name"]
-        out["type"] = "file"
-    for key in ("citation_id", "vector_distance", "reranker_score"):
-        if key in metadata:
-            out[key] = metadata[key]
+def reported_documents(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The documents as the reference reports sources (``protocol.reranked``): links and
+    files, with their text and scores. A document without a source is in the prompt but not
+    listed (it can be neither shown as a source nor cited), and so is one whose source or
+    scores the reference's types refuse (a reader of the list may rely on them)."""
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        try:
+            out.append(to_reranked_doc(doc))
+        except NotReranked:
+            continue
+    return out
+
+
+def answer_data(
+    reported: list[dict[str, Any]] | None,
+    docs: Sequence[Mapping[str, Any]],
+    answer_text: str,
+    context: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The RAG form's GeneratedDoc ``data`` and stream trailer.
+
+    ``reranked_docs`` in the reference's shape, so that a pipeline reading
+    ``data.reranked_docs[i].url`` works with either form: the request's own
+    ``data.reranked_docs`` (``reported``, converted) when it gave them, else the documents
+    that made it into the prompt. Then the citation ids the answer used and what the token
+    budget did."""
+    out: dict[str, Any] = {
+        "reranked_docs": reported if reported is not None else reported_documents(docs),
+        "citations": cited_ids(answer_text, (citation_of(d) for d in docs)),
+    }
+    if context is not None:
+        out["context"] = dict(context)
     return out
 
 

@@ -27,11 +27,12 @@ from llm_service.errors import InvalidRequest
 from llm_service.observability import Observability, RequestRecord
 from llm_service.protocol.opea import ChatRequest
 from llm_service.protocol.openai import OpenAIChunkEncoder, finish_reason
+from llm_service.protocol.reranked import reported_docs
 from llm_service.rag import BuiltPrompt, PromptError, PromptStep
-from llm_service.rag.documents import citation_of, cited_ids, trailer_document
+from llm_service.rag.documents import answer_data
 from llm_service.serving.limits import Gate, check_input
 from llm_service.serving.relay import Answer, ChainRelay, Relay, UpstreamRelay
-from llm_service.settings import Settings
+from llm_service.settings import ModelServer, Settings
 from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.params import sampling_payload
 
@@ -47,23 +48,46 @@ class Prepared:
     params: dict[str, Any]
     prompt: str  # the question (or last user message), as the seed's GeneratedDoc.prompt
     answer: Answer = field(default_factory=Answer)  # filled while answering (logs, metrics)
+    reported: list[dict[str, Any]] | None = None  # data.reranked_docs, converted
 
     def trailer(self, answer_text: str) -> dict[str, Any] | None:
-        """The ``json:`` trailer / GeneratedDoc ``data``.
+        """The stream's ``json:`` trailer, as the reference writes it.
 
-        Seed form: the request's ``data`` as it came. RAG form: the documents used (without
-        text), the citation ids the answer used, and what the token budget did.
-        """
+        Seed form: ``{"reranked_docs": [...]}`` (``data.reranked_docs`` converted) when the
+        request had ``data``, else none. RAG form: always, with the documents used, the
+        citation ids the answer used and what the token budget did."""
         request = self.request
         if request.question is None or request.messages:
-            return request.data
-        out: dict[str, Any] = dict(request.data or {})
-        docs = self.built.docs
-        out.setdefault("reranked_docs", [trailer_document(d) for d in docs])
-        out["citations"] = cited_ids(answer_text, (citation_of(d) for d in docs))
-        if self.built.context is not None:
-            out["context"] = self.built.context.as_dict()
-        return out
+            return None if request.data is None else {"reranked_docs": self.reported or []}
+        context = self.built.context.as_dict() if self.built.context is not None else None
+        return answer_data(self.reported, self.built.docs, answer_text, context)
+
+    def data(self, answer_text: str) -> dict[str, Any]:
+        """GeneratedDoc ``data``: the trailer, ``{"reranked_docs": []}`` when a stream would
+        have none (the reference sends it on every whole answer)."""
+        trailer = self.trailer(answer_text)
+        return {"reranked_docs": []} if trailer is None else trailer
+
+
+# What the reference sent the model server when LLMParamsDoc left them out. Its default
+# max_new_tokens is LLM_DEFAULT_MAX_TOKENS' default; its other defaults (top_k, typical_p,
+# repetition_penalty) it never sent.
+REFERENCE_SAMPLING: dict[str, float] = {"temperature": 0.01, "top_p": 0.95}
+
+
+def reference_defaults(
+    params: dict[str, Any], request: ChatRequest, server: ModelServer
+) -> dict[str, Any]:
+    """``params`` with the reference's sampling defaults for what the request left out, so a
+    pipeline that relied on them gets the answers it got before.
+
+    Only for the seed's and the RAG form's requests: one that names a ``model`` is
+    OpenAI-style and gets the model server's defaults, as from OpenAI. Nor towards OpenAI
+    itself, whose reasoning models refuse any temperature but their own."""
+    if request.model is not None or server is ModelServer.OPENAI:
+        return params
+    missing = {k: v for k, v in REFERENCE_SAMPLING.items() if params.get(k) is None}
+    return {**params, **missing} if missing else params
 
 
 @dataclass
@@ -138,7 +162,8 @@ class ChatService:
 
     async def prepare(self, request: ChatRequest) -> Prepared:
         check_input(request, self.settings)  # LLM_MAX_MESSAGES/_DOCUMENTS/_INPUT_CHARS: 422
-        params = self._params(request)
+        reported = reported_docs(request.data)  # 400 before any model work, as the reference
+        params = reference_defaults(self._params(request), request, self.settings.model_server)
         inp: dict[str, Any]
         if request.messages:
             inp = {"messages": [m.model_dump(exclude_none=True) for m in request.messages]}
@@ -168,7 +193,9 @@ class ChatService:
                 context.docs_used, context.docs_dropped, context.history_dropped,
                 context.truncated_doc, context.prompt_tokens, context.budget,
             )  # fmt: skip
-        return Prepared(request=request, built=built, params=params, prompt=prompt_text)
+        return Prepared(
+            request=request, built=built, params=params, prompt=prompt_text, reported=reported
+        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         max_tokens = (
@@ -262,7 +289,7 @@ class ChatService:
             "prompt": prepared.prompt,
             "stream": request.wants_stream(),
             "output_guardrail_params": request.output_guardrail_params,
-            "data": prepared.trailer(text),
+            "data": prepared.data(text),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model_name,

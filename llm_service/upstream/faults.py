@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from typing import Any
 import orjson
 
 from llm_service.errors import (
+    InvalidRequest,
+    ServiceError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -69,16 +72,48 @@ def _message_in(parsed: Any, raw: bytes) -> str:
     return raw[:300].decode("utf-8", "replace") or "(empty body)"
 
 
+# How model servers say the prompt (with max_tokens) does not fit the context window:
+# vLLM and OpenAI ("This model's maximum context length is N tokens. However, you requested
+# M tokens"; vLLM's "... is longer than the maximum model length"), llama.cpp's server
+# ("exceeds the available context size") and llama-cpp-python's ("Requested tokens (M)
+# exceed context window of N"), TGI ("`inputs` tokens + `max_new_tokens` must be <= N",
+# "`inputs` must have less than N tokens").
+_PROMPT_TOO_LONG = re.compile(
+    r"maximum context length|context_length_exceeded|longer than the maximum model length"
+    r"|exceeds? (the )?(available )?context (window|size)|exceed_context_size"
+    r"|`inputs` tokens \+ `max_new_tokens` must be"
+    r"|`inputs` must have less than \d+ tokens",
+    re.IGNORECASE,
+)
+
+
+def prompt_too_long(status: int, message: str) -> InvalidRequest | None:
+    """A 400 for the client when the model server refused the prompt as longer than its
+    context window, as the reference answers: the client can shorten it, retrying cannot
+    help, and the server is not at fault. None for any other refusal. TGI refuses with 422."""
+    if status not in (400, 422) or not _PROMPT_TOO_LONG.search(message):
+        return None
+    return InvalidRequest(
+        f"messages: the prompt does not fit the model's context window: {message}",
+        status=400,
+        param="messages",
+    )
+
+
 def status_error(
     status: int, body: bytes, retry_after: str | None, redact: Redact | None = None
-) -> UpstreamError:
+) -> ServiceError:
     """The error for a model server that answered ``status`` with ``body`` (the start of
     it: error bodies are read up to ``bounded.ERROR_BODY_BYTES``)."""
     try:
         parsed: Any = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         parsed = None
-    message = f"model server answered {status}: {message_of(parsed, body, redact)}"
+    said = message_of(parsed, body, redact)
+    too_long = prompt_too_long(status, said)
+    if too_long is not None:
+        return too_long
+    message = f"model server answered {status}: {said}"
     if retry_after is not None and (len(retry_after) > 32 or not retry_after.isprintable()):
         retry_after = None  # relayed to the client as a header: only a sane value
     if status in (429, 503):

@@ -58,12 +58,17 @@ def test_stream_finish_reason_length(service: ServiceServer, fake: FakeOpenAI) -
 
 
 def test_stream_data_trailer_after_done(service: ServiceServer, fake: FakeOpenAI) -> None:
-    data = {"reranked_docs": [{"url": "https://example.com", "citation_id": 1,
-                               "vector_distance": 0.23, "reranker_score": 0.83}]}  # fmt: skip
+    # data.reranked_docs come as TextDocs and leave converted, as the reference does
+    # (the conversion in full: test_opea_contract.py).
+    metadata = {"url": "https://example.com", "citation_id": 1, "vector_distance": 0.23,
+                "reranker_score": 0.83}  # fmt: skip
+    data = {"reranked_docs": [{"text": "Deep learning is...", "metadata": metadata}]}
     frames = parse_frames(post(service, seed_request(True, data=data)).text)
     assert frames[-2].raw == "[DONE]"
     assert frames[-1].field == "json"
-    assert frames[-1].json() == data
+    assert frames[-1].json() == {
+        "reranked_docs": [{"text": "Deep learning is...", **metadata, "type": "link"}]
+    }
 
 
 def test_stream_usage_when_asked(service: ServiceServer, fake: FakeOpenAI) -> None:
@@ -101,11 +106,12 @@ def test_question_and_docs_build_prompt(service: ServiceServer, fake: FakeOpenAI
     trailer = frames[-1].json()
     assert trailer["citations"] == []  # the fake's answer cites nothing
     assert trailer["context"]["docs_used"] == 2 and trailer["context"]["docs_dropped"] == 0
-    assert trailer["reranked_docs"] == [
-        {"url": "https://example.com/dl", "type": "link", "citation_id": 1,
-         "vector_distance": 0.23, "reranker_score": 0.83},
-        {"bucket_name": "docs", "object_name": "a.pdf", "type": "file", "citation_id": 2,
-         "reranker_score": 0.5},
+    assert trailer["reranked_docs"] == [  # the reference's shape, as in the seed form
+        {"text": "Deep learning uses neural networks.", "vector_distance": 0.23,
+         "reranker_score": 0.83, "citation_id": 1, "type": "link",
+         "url": "https://example.com/dl"},
+        {"text": "Stored file text.", "vector_distance": 1.0, "reranker_score": 0.5,
+         "citation_id": 2, "type": "file", "bucket_name": "docs", "object_name": "a.pdf"},
     ]  # fmt: skip
 
 
@@ -166,7 +172,7 @@ def test_output_guard_gets_generated_doc(fake_server: FakeServer, fake: FakeOpen
         assert doc["text"] == "Deep learning is great."
         assert doc["stream"] is True  # the guard streams it on
         assert doc["output_guardrail_params"] == params
-        assert doc["data"] == {"a": 1}
+        assert doc["data"] == {"reranked_docs": []}  # only these, as the reference
     finally:
         server.close()
 
@@ -416,7 +422,7 @@ def test_fastapi_route_and_hot_path_answer_alike(
         for server in (service, plain):
             frames = parse_frames(post(server, seed_request(True, data={"k": 1})).text)
             assert content_of(frames) == "Deep learning is great."
-            assert frames[-1].json() == {"k": 1}
+            assert frames[-1].json() == {"reranked_docs": []}
             assert post(server, seed_request(False)).json()["text"] == "Deep learning is great."
             bad = post(server, {"messages": []})
             assert bad.status_code == 422 and bad.json()["error"]["param"] == "messages"

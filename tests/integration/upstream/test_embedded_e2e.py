@@ -41,13 +41,18 @@ def test_seed_curl_non_stream(llama_service: ServiceServer) -> None:
 
 
 def test_seed_curl_stream_with_trailer(llama_service: ServiceServer) -> None:
-    data = {"reranked_docs": [{"url": "https://example.com", "citation_id": 1}]}
-    resp = post(llama_service, seed_request(True, max_new_tokens=8, data=data))
+    metadata = {"url": "https://example.com", "citation_id": 1}
+    doc = {"text": "Deep learning is...", "metadata": metadata}
+    resp = post(llama_service, seed_request(True, max_new_tokens=8, data={"reranked_docs": [doc]}))
     assert resp.status_code == 200
     frames = parse_frames(resp.text)
     assert content_of(frames).strip()
     assert frames[-2].raw == "[DONE]"
-    assert frames[-1].json() == data
+    assert frames[-1].json() == {  # converted as the reference does
+        "reranked_docs": [{"text": "Deep learning is...", "vector_distance": 1.0,
+                           "reranker_score": 0.0, "citation_id": 1, "type": "link",
+                           "url": "https://example.com"}]
+    }  # fmt: skip
     last = frames[-3].json()
     assert last["object"] == "chat.completion.chunk"
     assert last["choices"][0]["finish_reason"] == "length"  # 8 tokens is never enough here

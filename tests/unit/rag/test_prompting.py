@@ -13,7 +13,7 @@ from llm_service.rag import PromptError, PromptLibrary, PromptStep, build_prompt
 from llm_service.rag.documents import (
     cited_ids,
     format_document,
-    trailer_document,
+    reported_documents,
     unique_documents,
 )
 from llm_service.rag.templates import TemplateSpec, bundled_prompts_dir, load_templates
@@ -36,9 +36,11 @@ def test_document_format() -> None:
         "Content: no source"
     )
     assert format_document({"text": "x", "metadata": {"url": "u"}}) == "(u)\nContent: x"
-    assert trailer_document(file_doc) == {
-        "bucket_name": "b", "object_name": "o.pdf", "type": "file", "citation_id": 1,
-    }  # fmt: skip
+    # Reported in the reference's reranked-doc shape; a document without a source is not.
+    assert reported_documents([file_doc, {"text": "no source", "metadata": {}}]) == [
+        {"text": "T", "vector_distance": 1.0, "reranker_score": 0.0, "citation_id": 1,
+         "type": "file", "bucket_name": "b", "object_name": "o.pdf"},
+    ]  # fmt: skip
 
 
 def test_reference_prompt_has_seed_sections() -> None:
