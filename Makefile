@@ -67,6 +67,12 @@ clean:
 # --- reliability -------------------------------------------------------------------------
 # 2000 concurrent paced streams against the fake upstream: errors, stalls, memory (not part
 # of `make test`). LOADTEST_ARGS="--streams 500 --interval-ms 200" for another shape.
+# Then hostile clients and a hostile model server in bulk (docs/security.md): memory, time,
+# health checks, no echoed key. HOSTILE_ARGS="--only flood,echo" for some cases; both run
+# even when the first fails, and the target fails if either did.
 .PHONY: loadtest
 loadtest: setup
-	$(UV) run --no-sync python -m bench.loadtest $(LOADTEST_ARGS)
+	status=0; \
+	$(UV) run --no-sync python -m bench.loadtest $(LOADTEST_ARGS) || status=1; \
+	$(UV) run --no-sync python -m bench.hostile_load $(HOSTILE_ARGS) || status=1; \
+	exit $$status
