@@ -55,6 +55,7 @@ import uvloop
 
 from bench.harness import ROOT, BenchError, Child, Harness, Machine, free_port
 from bench.procstat import raise_nofile_limit
+from llm_service.settings import Settings
 
 MIB = 1024 * 1024
 PIECE = 64 * 1024  # one write of every flood, as a client or server writing fast would
@@ -67,6 +68,7 @@ CHAT = "/v1/chat/completions"
 # connection, always ``Connection: close``.
 
 ENDLESS_BODY = "hostile:endless-body"
+DEFAULT_RESPONSE_CAP = Settings.model_fields["max_upstream_response_bytes"].default
 ENDLESS_HEADER = "hostile:endless-header"
 ENDLESS_LINE = "hostile:endless-line"
 ECHO = "hostile:echo-error"
@@ -707,10 +709,20 @@ def upstream_cases(o: Options, url: str, key: str, service: Child) -> list[Case]
 
 async def run_cases(cases: list[Case], o: Options, service: Child, url: str) -> list[Result]:
     return [
-        await measure(name, load, service, port_of(url), o.limits, send())
+        await measure(name, load, service, port_of(url), limits_for(name, o), send())
         for name, load, send in cases
         if name in o.only
     ]
+
+
+def limits_for(case: str, o: Options) -> Limits:
+    """Whole answers in flight each hold up to LLM_MAX_UPSTREAM_RESPONSE_BYTES while they are
+    read: that case's peak may be that much higher (and no more)."""
+    if case != "endless-body":
+        return o.limits
+    cap = int(o.service_env.get("LLM_MAX_UPSTREAM_RESPONSE_BYTES", DEFAULT_RESPONSE_CAP))
+    extra = o.endless * cap / 2**20
+    return Limits(o.limits.peak_mb + extra, o.limits.after_mb, o.limits.health_ms)
 
 
 def port_of(url: str) -> int:

@@ -77,6 +77,7 @@ def serve(settings: Settings) -> int:
 
     configure_logging(settings)  # LLM_LOG_FORMAT, LLM_LOG_LEVEL; uvicorn's lines too
     raise_open_files_limit()
+    give_back_large_buffers()
 
     import uvicorn
 
@@ -104,6 +105,32 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             logging.getLogger(__name__).warning("could not raise the open-files limit")
+
+
+def give_back_large_buffers() -> None:
+    """Allocate buffers of 128 KiB and more straight from the OS (glibc), so that freeing
+    them gives the memory back.
+
+    glibc raises its mmap threshold each time a large block is freed, after which blocks
+    of that size come from the heap, where freed memory stays with the process until the
+    heap's top is free. A burst of large replies (whole answers read up to
+    LLM_MAX_UPSTREAM_RESPONSE_BYTES, cut off or not) then leaves the process hundreds of
+    MB larger for as long as anything else sits above them on the heap. A fixed threshold
+    stops that adjustment; blocks this large are rare, and one mmap each costs little.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is None:  # not glibc (musl, macOS): nothing to tune
+        return
+    m_mmap_threshold = -3
+    mallopt(m_mmap_threshold, 128 * 1024)
 
 
 async def check(settings: Settings) -> int:

@@ -77,6 +77,20 @@ class UpstreamTimeout(UpstreamError):
     type = "upstream_timeout"
 
 
+def detached(exc: ServiceError) -> ServiceError:
+    """``exc`` without the traceback and the chained exceptions it was raised with.
+
+    An error kept after its request was handled (in the request's record, in the answer
+    for logs and metrics) would otherwise keep every frame it was raised through alive,
+    with what they hold (a cut-off reply's buffers), in a reference cycle that only the
+    cyclic garbage collector frees: the service runs it rarely (``http.app.tune_gc``).
+    """
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc
+
+
 def upstream_status_error(
     status: int, message: str, retry_after: str | None = None
 ) -> UpstreamError:

@@ -282,10 +282,11 @@ class Settings(BaseSettings):
         "arrived (408 and the connection closed above).",
     )
     max_upstream_response_bytes: int = Field(
-        16 * 1024 * 1024,
+        4 * 1024 * 1024,
         ge=64 * 1024,
         description="Largest reply read from the model server for a whole answer, /v1/models or "
-        "/tokenize (502 above); error bodies are read up to 64 KiB.",
+        "/tokenize (502 above); error bodies are read up to 64 KiB. Whole answers in flight at "
+        "once hold up to this much each.",
     )
     max_upstream_line_bytes: int = Field(
         1024 * 1024,

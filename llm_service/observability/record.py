@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.types import Scope
 
 from llm_service.context import request_id
-from llm_service.errors import ServiceError, UpstreamError
+from llm_service.errors import ServiceError, UpstreamError, detached
 from llm_service.observability.logs import access_log, new_request_id
 from llm_service.observability.metrics import Metrics, endpoint_label
 from llm_service.observability.tracing import Tracing
@@ -97,9 +97,10 @@ class RequestRecord:
         self.last_batch = now
 
     def fail(self, exc: ServiceError) -> None:
+        """The request failed with ``exc`` (handled: it is kept without its traceback)."""
         self.status = exc.status
         if isinstance(exc, UpstreamError):
-            self.upstream_error = exc
+            self.upstream_error = detached(exc)
 
 
 class Observability:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from langchain_core.messages import BaseMessageChunk
 
 from llm_service.chain.messages import openai_usage
-from llm_service.errors import ServiceError, as_service_error
+from llm_service.errors import ServiceError, as_service_error, detached
 from llm_service.protocol.openai import DONE, OpenAIChunkEncoder
 from llm_service.upstream.sse import Chunk
 from llm_service.upstream.stream import BatchSink
@@ -151,7 +151,7 @@ class _Frames:
 
     def error_end(self, exc: Exception) -> bytes:
         self.ended = True
-        self.answer.error = err = self.failure(exc)
+        self.answer.error = err = detached(self.failure(exc))
         log.warning("stream failed after the first token: %s", err.message)
         return self.encoder.error(err) + DONE
 

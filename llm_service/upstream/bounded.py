@@ -40,6 +40,9 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     while piece := await content.readany():
         size += len(piece)
         if size > limit:
+            # Dropped before raising: the error's traceback keeps this frame alive for as
+            # long as anything keeps the error.
+            parts.clear()
             raise TooLarge(limit)
         parts.append(piece)
     return b"".join(parts)
