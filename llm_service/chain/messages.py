@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 
-from llm_service.protocol.openai import role_of
+from llm_service.protocol.openai import MEDIA_PARTS, TEXT_PARTS, role_of
 
 
 def message_to_dict(message: BaseMessage) -> dict[str, Any]:
-    """An OpenAI chat message dict for a LangChain message."""
-    out: dict[str, Any] = {"role": role_of(message.type), "content": message.text}
+    """An OpenAI chat message dict for a LangChain message: its role (``developer`` kept),
+    its content (a list of OpenAI parts as it is, else the text), name, tool calls."""
+    role = message.additional_kwargs.get("__openai_role__") or role_of(message.type)
+    content: Any = message.content
+    if not (isinstance(content, list) and all(_is_part(p) for p in content)):
+        content = message.text
+    out: dict[str, Any] = {"role": role, "content": content}
+    if message.name:
+        out["name"] = message.name
     tool_call_id = getattr(message, "tool_call_id", None)
     if tool_call_id:
         out["tool_call_id"] = tool_call_id
+    if isinstance(message, AIMessage) and message.tool_calls:
+        out["tool_calls"] = [
+            {"id": call.get("id"), "type": "function",
+             "function": {"name": call["name"], "arguments": json.dumps(call["args"])}}
+            for call in message.tool_calls
+        ]  # fmt: skip
+        if not out["content"]:
+            out["content"] = None
     return out
+
+
+def _is_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") in (*TEXT_PARTS, *MEDIA_PARTS)
 
 
 def usage_metadata(usage: Mapping[str, Any] | None) -> UsageMetadata | None:

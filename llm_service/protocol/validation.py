@@ -18,7 +18,7 @@ def invalid_request(errors: Iterable[Mapping[str, Any]], *, where: str = "") -> 
     problems: list[str] = []
     first: str | None = None
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
+        loc = ".".join(str(p) for p in err.get("loc", ()) if not _member_tag(p))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "json_invalid":
             loc = "body"
@@ -28,3 +28,12 @@ def invalid_request(errors: Iterable[Mapping[str, Any]], *, where: str = "") -> 
         first = first or loc
         problems.append(f"{loc}: {msg}")
     return InvalidRequest("; ".join(problems) or "invalid request", param=first)
+
+
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes"})
+
+
+def _member_tag(part: Any) -> bool:
+    """True for the names pydantic puts in a location for each member of a union it tried
+    (``constrained-str``, ``list[...]``): types, not fields, so the 422 leaves them out."""
+    return isinstance(part, str) and ("[" in part or "-" in part or part in _TYPE_NAMES)

@@ -88,11 +88,12 @@ def check_input(request: ChatRequest, settings: Settings) -> None:
         if doc.metadata:
             _check_echoable(f"reranked_docs.{i}.metadata", doc.metadata)
     sizes = {
-        "messages": sum(len(m.content) for m in request.messages or ()),
+        "messages": sum(len(m.text) for m in request.messages or ()),
         "question": len(request.question or ""),
+        "query": len(request.query or ""),
         "reranked_docs": sum(len(d.text) for d in request.reranked_docs),
         "history": sum(
-            len(getattr(h, "content", "")) + len(getattr(h, "question", ""))
+            len(getattr(h, "text", "")) + len(getattr(h, "question", ""))
             + len(getattr(h, "answer", ""))
             for h in request.history
         ),

@@ -41,14 +41,25 @@ def test_stream_is_openai_chunks_then_done(service: ServiceServer, fake: FakeOpe
 
 
 def test_stream_sends_seed_params_upstream(service: ServiceServer, fake: FakeOpenAI) -> None:
-    post(service, seed_request(True, top_k=10, repetition_penalty=1.03, typical_p=0.9))
+    post(service, seed_request(True))
     sent = fake.requests[-1]
     assert sent["max_tokens"] == 32
     assert sent["top_p"] == 0.95 and sent["temperature"] == 0.01
     assert sent["stream"] is True
     assert sent["messages"][0] == {"role": "system", "content": SEED_SYSTEM}
-    # The fake plays an "openai" server: the seed's extra knobs are not sent to it.
-    assert "top_k" not in sent and "repetition_penalty" not in sent and "typical_p" not in sent
+
+
+def test_seed_knobs_the_server_lacks_are_refused(service: ServiceServer, fake: FakeOpenAI) -> None:
+    # The fake plays an "openai" server, which has none of the seed's extra knobs: a 422
+    # naming each, nothing sent (they used to be dropped without a word).
+    resp = post(service, seed_request(True, top_k=10, repetition_penalty=1.03, typical_p=0.9))
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["param"] == "top_k"
+    reason = "not supported by openai model servers (LLM_MODEL_SERVER=openai)"
+    for name in ("top_k", "repetition_penalty", "typical_p"):
+        assert f"{name}: {reason}" in error["message"]
+    assert fake.requests == []
 
 
 def test_stream_finish_reason_length(service: ServiceServer, fake: FakeOpenAI) -> None:
