@@ -73,7 +73,7 @@ class MediaPart(BaseModel):
     @model_validator(mode="after")
     def _payload(self) -> MediaPart:
         if not (self.model_extra or {}).get(self.type):
-            raise ValueError(f"a {self.type} part needs its '{self.type}' object")
+            raise ValueError(f"the part needs its '{self.type}' object")
         return self
 
 

@@ -49,6 +49,10 @@ class Script:
     # --- fault injection ---
     hang_after: int | None = None  # after this many content chunks: silence until the client closes
     empty_200: bool = False  # answer 200 with an empty body
+    # --- answers beyond plain text, in the server's exact shapes ---
+    chunks: list[dict[str, Any]] | None = None  # streamed: these chunk bodies (sans head)
+    choices: list[dict[str, Any]] | None = None  # whole: these choices as they are
+    reply_extra: dict[str, Any] = field(default_factory=dict)  # whole: more top-level keys
 
 
 class FakeOpenAI:
@@ -151,13 +155,15 @@ class FakeOpenAI:
         if script.first_token_delay:
             await asyncio.sleep(script.first_token_delay)
         if not body.get("stream"):
+            choices = script.choices or [
+                {"index": 0, "finish_reason": finish,
+                 "message": {"role": "assistant", "content": "".join(tokens)}}
+            ]  # fmt: skip
             return web.json_response(
                 {
                     "id": "chatcmpl-fake", "object": "chat.completion",
                     "created": int(time.time()), "model": self.model,
-                    "choices": [{"index": 0, "finish_reason": finish,
-                                 "message": {"role": "assistant", "content": "".join(tokens)}}],
-                    "usage": usage,
+                    "choices": choices, "usage": usage, **script.reply_extra,
                 },
                 dumps=lambda o: orjson.dumps(o).decode(),
             )  # fmt: skip
@@ -185,9 +191,20 @@ class FakeOpenAI:
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
         try:
+            if script.chunks is not None:
+                pending = [b"data: " + orjson.dumps({**head, **c}) + b"\n\n" for c in script.chunks]
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    pending.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage})
+                                   + b"\n\n")  # fmt: skip
+                pending.append(b"data: [DONE]\n\n")
+                for piece in pending:  # one write each, as a server sends them
+                    await resp.write(piece)
+                await resp.write_eof()
+                self.streams_finished += 1
+                return resp
             if script.role_chunk:
                 await resp.write(frame({"role": "assistant", "content": ""}))
-            pending: list[bytes] = []
+            pending = []
             for i, token in enumerate(tokens):
                 if script.hang_after is not None and i == script.hang_after:
                     await resp.write(b"".join(pending))
@@ -278,6 +295,72 @@ class FakeOpenAI:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+# --- vLLM's chunk shapes (its OpenAI server, exclude_unset), for Script(chunks=...) ----------
+
+
+def _choice(delta: dict[str, Any], index: int = 0, finish: str | None = None,
+            **more: Any) -> dict[str, Any]:  # fmt: skip
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish, **more}
+
+
+def vllm_tool_call_chunks(
+    name: str, pieces: list[str], call_id: str = "chatcmpl-tool-7f3a"
+) -> list[dict[str, Any]]:
+    """One tool call as vLLM streams it: the role, the call's id and name, its arguments in
+    ``pieces``, then the finish reason ``tool_calls``."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""})]},
+              {"choices": [_choice({"tool_calls": [{"id": call_id, "type": "function", "index": 0,
+                                                     "function": {"name": name}}]})]}]  # fmt: skip
+    chunks += [
+        {"choices": [_choice({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})]}
+        for piece in pieces
+    ]
+    chunks.append({"choices": [_choice({"content": ""}, finish="tool_calls", stop_reason=None)]})
+    return chunks
+
+
+def vllm_reasoning_chunks(
+    reasoning: list[str], content: list[str], key: str = "reasoning_content"
+) -> list[dict[str, Any]]:
+    """A reasoning model's stream (vLLM with --reasoning-parser): reasoning deltas under
+    ``key`` (``reasoning`` in newer vLLM), then content deltas, then the finish reason."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""})]}]
+    chunks += [{"choices": [_choice({key: piece})]} for piece in reasoning]
+    chunks += [{"choices": [_choice({"content": piece})]} for piece in content]
+    chunks.append({"choices": [_choice({"content": ""}, finish="stop", stop_reason=None)]})
+    return chunks
+
+
+def vllm_n_chunks(texts: list[list[str]], finish: list[str]) -> list[dict[str, Any]]:
+    """``n`` choices as vLLM streams them: one choice per chunk, interleaved by index."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""}, index=i)]}
+              for i in range(len(texts))]  # fmt: skip
+    for step in range(max(len(t) for t in texts)):
+        for i, pieces in enumerate(texts):
+            if step < len(pieces):
+                chunks.append({"choices": [_choice({"content": pieces[step]}, index=i)]})
+    chunks += [{"choices": [_choice({"content": ""}, index=i, finish=reason, stop_reason=None)]}
+               for i, reason in enumerate(finish)]  # fmt: skip
+    return chunks
+
+
+def logprob_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()),
+            "top_logprobs": [{"token": token, "logprob": logprob,
+                              "bytes": list(token.encode())}]}  # fmt: skip
+
+
+def vllm_logprob_chunks(tokens: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Content deltas with their logprobs (``logprobs: true, top_logprobs: 1``)."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""})]}]
+    for token, logprob in tokens:
+        choice = _choice({"content": token})
+        choice["logprobs"] = {"content": [logprob_entry(token, logprob)]}
+        chunks.append({"choices": [choice]})
+    chunks.append({"choices": [_choice({"content": ""}, finish="stop", stop_reason=None)]})
+    return chunks
 
 
 def main() -> None:
