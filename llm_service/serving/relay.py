@@ -181,6 +181,7 @@ class UpstreamRelay(_Frames):
         self._open = open_source
         self._source: BatchSource | None = None
         self._rich = rich
+        self._calls: set[tuple[int, int]] = set()  # (choice, tool call) begun
 
     def encode(self, batch: list[Chunk]) -> bytes:
         """The frames of one batch as one write (``b""`` when it holds nothing to relay)."""
@@ -235,8 +236,28 @@ class UpstreamRelay(_Frames):
                 answer.text_parts.append(text)
                 if not logprobs and len(choices) == 1 and delta.keys() <= {"content", "role"}:
                     return self.encoder.content(text)
+            if "tool_calls" in delta:
+                delta = self._tool_delta(index, delta)
             relayed.append({**choice, "delta": delta, "finish_reason": None})
         return self.encoder.choices(relayed) if relayed else b""
+
+    def _tool_delta(self, index: int, delta: dict[str, Any]) -> dict[str, Any]:
+        """A tool-call delta as OpenAI streams one: a call's id, type and name in its first
+        delta only, its arguments in pieces after. llama.cpp's server repeats the name (and
+        the legacy ``function_call`` beside ``tool_calls``) in every delta, which clients
+        that add up the pieces would join into one long name."""
+        calls = []
+        for call in delta["tool_calls"]:
+            key = (index, call.get("index") or 0)
+            if key in self._calls:
+                call = {k: v for k, v in call.items() if k not in ("id", "type")}
+                function = call.get("function")
+                if isinstance(function, dict) and "name" in function:
+                    call["function"] = {k: v for k, v in function.items() if k != "name"}
+            else:
+                self._calls.add(key)
+            calls.append(call)
+        return {k: v for k, v in delta.items() if k != "function_call"} | {"tool_calls": calls}
 
     async def start(self) -> bytes:
         """The first frame with content (or the end frame of an answer without any)."""

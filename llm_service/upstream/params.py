@@ -326,7 +326,18 @@ def sampling_payload(server: ModelServer, params: Mapping[str, Any]) -> dict[str
                 problems.append((name, f"{exc}: {unsupported(server)}"))
     if problems:
         raise _refuse(problems)
+    for when, field, value in _COMPANIONS.get(server, ()):
+        if out.get(when) and field not in out:
+            out[field] = value
     return out
+
+
+# Fields a server needs alongside another to do what OpenAI's API does with that one alone:
+# (when this wire field is set, this field, this value, unless given).
+_COMPANIONS: dict[ModelServer, tuple[tuple[str, str, Any], ...]] = {
+    # llama.cpp's server returns no logprobs for logprobs: true without top_logprobs.
+    ModelServer.LLAMACPP: (("logprobs", "top_logprobs", 0),),
+}
 
 
 def wire_messages(server: ModelServer, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -31,7 +31,11 @@ from tests.support.sse import Frame, content_of, parse_frames
 
 KINDS = ("vllm", "ray", "tgi", "llamacpp", "openai")
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
-SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
                                          "parameters": SCHEMA}}  # fmt: skip
 FORCED = {"type": "function", "function": {"name": "get_weather"}}
@@ -55,7 +59,8 @@ CASES: list[tuple[str, Any, dict[str, dict[str, Any] | None]]] = [
     ("max_completion_tokens", 9, {"tgi": {"max_tokens": 9}, "llamacpp": {"max_tokens": 9}}),
     ("frequency_penalty", 0.5, {}),
     ("presence_penalty", 0.5, {}),
-    ("logprobs", True, {}),
+    # llama.cpp returns no logprobs without top_logprobs: 0 goes along
+    ("logprobs", True, {"llamacpp": {"logprobs": True, "top_logprobs": 0}}),
     ("top_logprobs", 2, {}),
     ("tools", [TOOL], {}),
     ("tool_choice", "required", {}),
@@ -448,6 +453,46 @@ def test_streamed_tool_call_is_relayed_in_openai_shape(
         {"index": 0, "delta": {"content": ""}, "finish_reason": "tool_calls"}
     ]
     assert fake.requests[-1]["tool_choice"] == FORCED
+
+
+def llamacpp_tool_chunks(pieces: list[str]) -> list[dict[str, Any]]:
+    """A forced tool call as llama.cpp's server (llama-cpp-python) streams it: the name and
+    id again in every delta, the legacy function_call beside tool_calls, nulls for the rest."""
+    chunks: list[dict[str, Any]] = [
+        {"choices": [{"index": 0, "finish_reason": None, "logprobs": None,
+                      "delta": {"role": "assistant", "content": None, "function_call": None,
+                                "tool_calls": None}}]}
+    ]  # fmt: skip
+    for piece in pieces:
+        function = {"name": "get_weather", "arguments": piece}
+        delta = {"role": None, "content": None, "function_call": function,
+                 "tool_calls": [{"index": 0, "id": "call__0_get_weather", "type": "function",
+                                 "function": function}]}  # fmt: skip
+        chunks.append({"choices": [{"index": 0, "finish_reason": None, "logprobs": None,
+                                    "delta": delta}]})  # fmt: skip
+    chunks.append({"choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                                "delta": {"role": None, "content": None, "function_call": None,
+                                          "tool_calls": None}}]})  # fmt: skip
+    return chunks
+
+
+def test_llamacpp_tool_deltas_become_openai_deltas(
+    services: dict[str, ServiceServer], fake: FakeOpenAI
+) -> None:
+    fake.push(Script(chunks=llamacpp_tool_chunks(["{", '"city": ', '"Paris"', "}"])))
+    resp = post(services["llamacpp"], stream=True, tools=[TOOL], tool_choice=FORCED)
+    chunks = chunks_of(parse_frames(resp.text))
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-1]]
+    start = {"index": 0, "id": "call__0_get_weather", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{"}}  # fmt: skip
+    assert deltas[0] == {"tool_calls": [start]}
+    pieces = [d["tool_calls"][0]["function"]["arguments"] for d in deltas[1:]]
+    assert deltas[1:] == [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                          for piece in pieces]  # fmt: skip
+    call = merged_tool_calls(chunks)[0]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
 def test_whole_tool_call_answer_is_passed_on(
