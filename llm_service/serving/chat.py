@@ -34,7 +34,7 @@ from llm_service.protocol.opea import ChatRequest
 from llm_service.protocol.openai import ChatMessage, OpenAIChunkEncoder, finish_reason
 from llm_service.rag import BuiltPrompt, PromptError, PromptStep
 from llm_service.rag.documents import citation_of, cited_ids, trailer_document
-from llm_service.serving.limits import Gate, check_input
+from llm_service.serving.limits import Gate, check_input, check_json
 from llm_service.serving.relay import Answer, ChainRelay, Relay, UpstreamRelay
 from llm_service.settings import Settings
 from llm_service.upstream.client import UpstreamClient
@@ -168,6 +168,9 @@ class ChatService:
             messages = [ChatMessage(role="user", content=request.query)]
         if messages:
             inp = {"messages": [m.model_dump(exclude_none=True) for m in messages]}
+            for i, message in enumerate(inp["messages"]):
+                if not isinstance(message["content"], str) or len(message) > 2:
+                    check_json(f"messages.{i}", message)  # parts, calls: free-form inside
             prompt_text = next((m.text for m in reversed(messages) if m.role == "user"), "")
         else:
             assert request.question is not None  # the schema guarantees one of the inputs
@@ -231,6 +234,9 @@ class ChatService:
             params["max_tokens"] = limit
         if isinstance(request.stop, str):
             params["stop"] = [request.stop]  # TGI takes a list only
+        for name, value in params.items():
+            if not isinstance(value, str | bool):  # vLLM's fields come unchecked, as JSON
+                check_json(name, value)
         self._check_route(params)
         sampling_payload(self.settings.model_server, params)  # 422 for what the server lacks
         return params

@@ -642,3 +642,29 @@ def test_chain_route_refuses_what_it_cannot_relay(fake_server: FakeServer) -> No
         assert sent["frequency_penalty"] == 0.5 and sent["guided_regex"] == "[A-Z]+"
     finally:
         service.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'"tools": [{"type": "function", "function": {"name": "f", "parameters": '
+         b'{"maximum": 123456789012345678901234567890}}}]', "tools"),
+        (b'"guided_json": {"type": "number", "maximum": NaN}', "guided_json.maximum"),
+        (b'"priority": 123456789012345678901234567890', "priority"),
+        (b'"min_p": NaN', "min_p"),
+        (b'"messages": [{"role": "user", "content": [{"type": "image_url", '
+         b'"image_url": {"url": "u", "w": Infinity}}]}]', "messages.0.content.0.image_url.w"),
+    ],
+)  # fmt: skip
+def test_free_form_values_that_are_not_json_are_422(
+    services: dict[str, ServiceServer], fake: FakeOpenAI, raw: bytes, param: str
+) -> None:
+    # Integers past 64 bits and NaN parse, but cannot be sent on as JSON: 422, not a 502.
+    body = b'{"messages": [{"role": "user", "content": "Hi"}], ' + raw + b"}"
+    if raw.startswith(b'"messages"'):
+        body = b"{" + raw + b"}"
+    resp = httpx.post(f"{services['vllm'].url}/v1/chat/completions", content=body,
+                      headers={"Content-Type": "application/json"}, timeout=30)  # fmt: skip
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["param"] == param
+    assert fake.requests == []
