@@ -169,7 +169,7 @@ class ChatService:
         if messages:
             inp = {"messages": [m.model_dump(exclude_none=True) for m in messages]}
             for i, message in enumerate(inp["messages"]):
-                if not isinstance(message["content"], str) or len(message) > 2:
+                if not isinstance(message.get("content"), str) or len(message) > 2:
                     check_json(f"messages.{i}", message)  # parts, calls: free-form inside
             prompt_text = next((m.text for m in reversed(messages) if m.role == "user"), "")
         else:

@@ -120,6 +120,34 @@ CASES: list[tuple[str, Any, dict[str, dict[str, Any] | None]]] = [
     ("documents", [{"title": "t", "text": "Paris is sunny."}], refused_except(*VLLM)),
     ("mm_processor_kwargs", {"num_crops": 4}, refused_except(*VLLM)),
     ("request_id", "req-1", refused_except(*VLLM)),
+    ("use_beam_search", True, refused_except(*VLLM)),
+    ("best_of", 2, refused_except(*VLLM)),
+    ("truncate_prompt_tokens", 100, refused_except(*VLLM)),
+    ("truncation_side", "left", refused_except(*VLLM)),
+    ("prompt_logprobs", 1, refused_except(*VLLM)),
+    ("logprob_token_ids", [1, 2], refused_except(*VLLM)),
+    ("allowed_token_ids", [1, 2, 3], refused_except(*VLLM)),
+    ("watermarking", True, refused_except(*VLLM)),
+    ("thinking_token_budget", 64, refused_except(*VLLM)),
+    ("include_reasoning", False, refused_except(*VLLM)),
+    ("repetition_detection", {"max_pattern_size": 8}, refused_except(*VLLM)),
+    ("echo", True, refused_except(*VLLM)),
+    ("add_special_tokens", True, refused_except(*VLLM)),
+    ("media_io_kwargs", {"video": {"num_frames": 8}}, refused_except(*VLLM)),
+    ("structural_tag", '{"structures": []}', refused_except(*VLLM)),
+    ("guided_decoding_backend", "xgrammar", refused_except(*VLLM)),
+    ("guided_whitespace_pattern", " ", refused_except(*VLLM)),
+    ("session_id", "s-1", refused_except(*VLLM)),
+    ("logits_processors", ["my.Processor"], refused_except(*VLLM)),
+    ("return_token_ids", True, refused_except(*VLLM)),
+    ("return_prompt_text", True, refused_except(*VLLM)),
+    ("cache_salt", "salt-0123456789", refused_except(*VLLM)),
+    ("kv_transfer_params", {"do_remote_decode": True}, refused_except(*VLLM)),
+    ("ec_transfer_params", {"x": 1}, refused_except(*VLLM)),
+    ("vllm_xargs", {"my_arg": 1}, refused_except(*VLLM)),
+    ("stream_interval", 4, refused_except(*VLLM)),
+    ("prompt_cache_options", {"mode": "explicit"}, refused_except("openai")),
+    ("moderation", {"policy": "default"}, refused_except("openai")),
 ]  # fmt: skip
 
 
@@ -157,8 +185,13 @@ def expected(field: str, value: Any, per_kind: dict[str, Any], kind: str) -> Any
     return per_kind.get(kind, {field: value})
 
 
+def case_id(case: tuple[str, Any, Any]) -> str:
+    field, value, _ = case
+    return f"{field}-{value['type']}" if field == "response_format" else field
+
+
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("field", "value", "per_kind"), CASES, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize(("field", "value", "per_kind"), CASES, ids=[case_id(c) for c in CASES])
 def test_field_reaches_the_server_under_its_name_or_is_refused(
     services: dict[str, ServiceServer],
     fake: FakeOpenAI,
