@@ -257,6 +257,8 @@ PARTS = [{"type": "text", "text": "Describe"}, {"type": "text", "text": "this."}
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
 FILE = {"type": "file", "file": {"file_id": "file-1"}}
+VIDEO = {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}}
+AUDIO_URL = {"type": "audio_url", "audio_url": {"url": "https://example.com/a.wav"}}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -286,11 +288,13 @@ PART_SUPPORT = {
     "image_url": ALL,
     "input_audio": frozenset({"vllm", "ray", "openai"}),
     "file": frozenset({"openai"}),
+    "video_url": VLLM,
+    "audio_url": VLLM,
 }
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("part", (IMAGE, AUDIO, FILE), ids=lambda p: p["type"])
+@pytest.mark.parametrize("part", (IMAGE, AUDIO, FILE, VIDEO, AUDIO_URL), ids=lambda p: p["type"])
 def test_media_parts_pass_as_a_list_or_are_refused(
     services: dict[str, ServiceServer], fake: FakeOpenAI, kind: str, part: dict[str, Any]
 ) -> None:
