@@ -260,7 +260,7 @@ class MessageRules:
     function: bool  # takes the legacy function role
     parts: frozenset[str]  # content parts it takes in a list
     strings: bool  # its templates need text content as one string
-    null_content: bool  # takes an assistant message whose content is null
+    null_content: bool  # takes an assistant message whose content is null (else: "")
 
 
 _VLLM_MESSAGES = MessageRules(
@@ -364,8 +364,8 @@ def wire_messages(server: ModelServer, messages: list[dict[str, Any]]) -> list[d
                     if part.get("type") not in rules.parts:
                         reason = f"{part.get('type')} parts: {unsupported(server)}"
                         problems.append((f"messages.{i}.content.{j}", reason))
-        elif content is None and "content" in message and not rules.null_content:
-            new = {k: v for k, v in new.items() if k != "content"}
+        elif content is None and not rules.null_content:
+            new = {**new, "content": ""}
         if new is not message:
             if out is None:
                 out = list(messages[:i])

@@ -116,6 +116,16 @@ def test_content_parts_and_developer_role(llama_service: ServiceServer) -> None:
         assert text.strip()
 
 
+def test_tool_results_in_the_conversation(llama_service: ServiceServer) -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]  # fmt: skip
+    resp = post(llama_service, messages=messages, tools=[TOOL], stream=False, max_tokens=8)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+
+
 def test_n_above_one_is_refused(llama_service: ServiceServer) -> None:
     # llama.cpp's server takes n but answers one choice: refused rather than dropped.
     resp = post(llama_service, stream=False, n=2)
