@@ -250,6 +250,12 @@ class Settings(BaseSettings):
         description="Most characters of input text in one request: messages, question, "
         "documents and history together (422 above).",
     )
+    ignore_unknown_fields: bool = Field(
+        False,
+        description="Fields of a chat request that neither OpenAI's API nor OPEA's "
+        "LLMParamsDoc defines get a 422 naming them; pipelines that send extra fields can "
+        "have them ignored instead.",
+    )
     drain_timeout: int = Field(
         30,
         ge=0,

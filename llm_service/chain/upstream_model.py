@@ -50,7 +50,7 @@ from llm_service.chain.messages import (
 from llm_service.context import upstream_headers
 from llm_service.settings import ModelServer
 from llm_service.upstream.client import UpstreamClient
-from llm_service.upstream.params import SAMPLING_KEYS, sampling_payload
+from llm_service.upstream.params import FIELDS, SAMPLING_KEYS, sampling_payload, wire_messages
 from llm_service.upstream.sse import Chunk
 
 log = logging.getLogger(__name__)
@@ -340,12 +340,12 @@ class UpstreamChatModel(BaseChatModel):
     ) -> dict[str, Any]:
         """The upstream request body (without ``stream``) for these messages and kwargs."""
         params = {key: getattr(self, key) for key in SAMPLING_KEYS}
-        params.update((k, v) for k, v in kwargs.items() if k in SAMPLING_KEYS)
+        params.update((k, v) for k, v in kwargs.items() if k in FIELDS)
         if stop is not None:
             params["stop"] = stop
         payload = {
             "model": kwargs.get("model") or self.model_name,
-            "messages": [message_to_dict(m) for m in messages],
+            "messages": wire_messages(self.server, [message_to_dict(m) for m in messages]),
             **sampling_payload(self.server, params),
         }
         for key in REQUEST_KEYS:

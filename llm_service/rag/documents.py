@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from llm_service.protocol.openai import content_text
 from llm_service.protocol.reranked import NotReranked, to_reranked_doc
 
 HEADER_KEYS = tuple(f"Header{i}" for i in range(1, 8))
@@ -78,7 +79,7 @@ def format_turn(turn: Mapping[str, Any]) -> str:
         speaker = "User" if turn["role"] == "user" else "Assistant"
         if turn["role"] == "system":
             speaker = "System"
-        return f"{speaker}: {turn.get('content', '')}"
+        return f"{speaker}: {content_text(turn.get('content'))}"
     lines = []
     if turn.get("question"):
         lines.append(f"User: {turn['question']}")
@@ -89,7 +90,8 @@ def format_turn(turn: Mapping[str, Any]) -> str:
 
 def turn_chars(turn: Mapping[str, Any]) -> int:
     """Characters of text in one history item: its content, or its question and answer."""
-    return sum(len(str(turn.get(key) or "")) for key in ("content", "question", "answer"))
+    content = len(content_text(turn.get("content")))
+    return content + sum(len(str(turn.get(key) or "")) for key in ("question", "answer"))
 
 
 def format_history(history: Sequence[Mapping[str, Any]]) -> str:
@@ -101,7 +103,7 @@ def history_messages(history: Sequence[Mapping[str, Any]]) -> list[dict[str, str
     out: list[dict[str, str]] = []
     for turn in history:
         if "role" in turn:
-            out.append({"role": str(turn["role"]), "content": str(turn.get("content", ""))})
+            out.append({"role": str(turn["role"]), "content": content_text(turn.get("content"))})
             continue
         if turn.get("question"):
             out.append({"role": "user", "content": str(turn["question"])})

@@ -45,28 +45,46 @@ from llm_service.rag.templates import LIBRARY_PARAM, PromptError, PromptLibrary,
 class BuiltPrompt:
     """The messages to send, the documents that made it in, and what the budget did."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     docs: list[Mapping[str, Any]]
     context: ContextReport | None = None
 
 
-def normalize_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """OpenAI-style message dicts from dicts or LangChain messages (roles checked)."""
-    out: list[dict[str, str]] = []
+MESSAGE_KEYS = (
+    "name", "tool_calls", "tool_call_id", "refusal", "function_call", "audio",
+    "reasoning_content", "reasoning",
+)  # fmt: skip
+"""The keys of an OpenAI message besides role and content, kept as they come."""
+
+
+def normalize_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """OpenAI-style message dicts from dicts or LangChain messages (roles checked).
+
+    A dict keeps its content as it is (a string, a list of parts, or null) and the keys of
+    OpenAI's messages (``tool_calls``, ``tool_call_id``, ``name``...); other keys are left
+    out. A LangChain message becomes its role and text."""
+    out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
-        content: Any
+        entry: dict[str, Any]
         if isinstance(message, BaseMessage):
-            role, content = role_of(message.type), str(message.text)
+            role = role_of(message.type)
+            entry = {"role": role, "content": str(message.text)}
         elif isinstance(message, Mapping):
             role = role_of(str(message.get("role")))
-            content = message.get("content") or ""
+            content = message.get("content")
+            if content is None and role not in ("assistant", "function"):
+                content = ""  # only these may come without content
+            elif content is not None and not isinstance(content, str | list):
+                content = str(content)
+            entry = {"role": role, "content": content}
+            for key in MESSAGE_KEYS:
+                value = message.get(key)
+                if value is not None:
+                    entry[key] = value
         else:
             raise PromptError(f"messages.{i}: not a message: {message!r}")
         if role not in ROLES:
             raise PromptError(f"messages.{i}.role: unknown role {role!r}")
-        entry = {"role": role, "content": str(content)}
-        if role == "tool" and isinstance(message, Mapping) and message.get("tool_call_id"):
-            entry["tool_call_id"] = str(message["tool_call_id"])
         out.append(entry)
     return out
 

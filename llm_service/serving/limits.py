@@ -82,17 +82,18 @@ def check_input(request: ChatRequest, settings: Settings) -> None:
             f"reranked_docs: {docs} documents; the limit is {settings.max_documents}",
             param="reranked_docs",
         )
-    _check_echoable("data", request.data)
-    _check_echoable("output_guardrail_params", request.output_guardrail_params)
+    check_json("data", request.data)
+    check_json("output_guardrail_params", request.output_guardrail_params)
     for i, doc in enumerate(request.reranked_docs):
         if doc.metadata:
-            _check_echoable(f"reranked_docs.{i}.metadata", doc.metadata)
+            check_json(f"reranked_docs.{i}.metadata", doc.metadata)
     sizes = {
-        "messages": sum(len(m.content) for m in request.messages or ()),
+        "messages": sum(len(m.text) for m in request.messages or ()),
         "question": len(request.question or ""),
+        "query": len(request.query or ""),
         "reranked_docs": sum(len(d.text) for d in request.reranked_docs),
         "history": sum(
-            len(getattr(h, "content", "")) + len(getattr(h, "question", ""))
+            len(getattr(h, "text", "")) + len(getattr(h, "question", ""))
             + len(getattr(h, "answer", ""))
             for h in request.history
         ),
@@ -110,10 +111,11 @@ def check_input(request: ChatRequest, settings: Settings) -> None:
         )
 
 
-def _check_echoable(field: str, value: object) -> None:
-    """Values sent back (trailer, GeneratedDoc) must encode: orjson refuses integers beyond
-    64 bits, which JSON input may hold; 422 here instead of a broken answer later. Nor may
-    they hold NaN or infinities, which orjson would quietly send back as null."""
+def check_json(field: str, value: object) -> None:
+    """Free-form values sent on (to the model server, or back in the trailer and the
+    GeneratedDoc) must encode: orjson refuses integers beyond 64 bits, which JSON input may
+    hold; 422 here instead of a broken answer later. Nor may they hold NaN or infinities,
+    which orjson would quietly send as null."""
     if value is None:
         return
     try:

@@ -45,8 +45,9 @@ FrameSink = Callable[[bytes], bool]
 class Answer:
     """What a finished generation produced, for GeneratedDoc, logs and the trailer."""
 
-    text_parts: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
+    text_parts: list[str] = field(default_factory=list)  # choice 0's content
+    finish_reason: str | None = None  # choice 0's
+    others: dict[int, str | None] = field(default_factory=dict)  # n > 1: index -> finish reason
     usage: dict[str, Any] | None = None
     error: ServiceError | None = None  # a failure after the first token (sent as an event)
 
@@ -144,7 +145,7 @@ class _Frames:
         self.ended = True
         answer, encoder = self.answer, self.encoder
         return (
-            encoder.finish(answer.finish_reason, answer.usage)
+            encoder.finish(answer.finish_reason, answer.usage, answer.others)
             + DONE
             + encoder.trailer(self.trailer(answer.text))
         )
@@ -157,7 +158,13 @@ class _Frames:
 
 
 class UpstreamRelay(_Frames):
-    """The model server's chunk batches to SSE frames, one write per network read."""
+    """The model server's chunk batches to SSE frames, one write per network read.
+
+    A chunk that holds only content for choice 0 (nearly all of them) is encoded by
+    ``OpenAIChunkEncoder.content``, the per-token hot path; any other (tool-call, reasoning
+    or logprob deltas, other choices) is relayed whole in OpenAI's chunk shape. ``rich``
+    (the request asked for ``n`` > 1 or logprobs) sends every chunk the long way, which
+    checks each choice's index and logprobs; without it no chunk can carry them."""
 
     def __init__(
         self,
@@ -167,25 +174,36 @@ class UpstreamRelay(_Frames):
         trailer: Trailer,
         on_batch: Callable[[], object] | None = None,
         redact: Redact | None = None,
+        *,
+        rich: bool = False,
     ) -> None:
         super().__init__(encoder, answer, trailer, on_batch, redact)
         self._open = open_source
         self._source: BatchSource | None = None
+        self._rich = rich
+        self._calls: set[tuple[int, int]] = set()  # (choice, tool call) begun
 
     def encode(self, batch: list[Chunk]) -> bytes:
-        """The frames of one batch as one write (``b""`` when it holds no content)."""
+        """The frames of one batch as one write (``b""`` when it holds nothing to relay)."""
         content, parts, answer = self.encoder.content, self.answer.text_parts, self.answer
+        plain = not self._rich
         out: list[bytes] = []
         for chunk in batch:
             choices = chunk.get("choices")
             if choices:
                 choice = choices[0]
-                text = (choice.get("delta") or {}).get("content")
-                if text:
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
+                # Content alone (TGI repeats the role in every delta): the hot path.
+                if text and plain and (len(delta) == 1 or (len(delta) == 2 and "role" in delta)):
                     parts.append(text)
                     out.append(content(text))
-                if choice.get("finish_reason"):
-                    answer.finish_reason = choice["finish_reason"]
+                    if choice.get("finish_reason"):
+                        answer.finish_reason = choice["finish_reason"]
+                else:
+                    frame = self.other(choices)
+                    if frame:
+                        out.append(frame)
             if chunk.get("usage"):
                 answer.usage = chunk["usage"]
         if not out:
@@ -193,6 +211,53 @@ class UpstreamRelay(_Frames):
         if self.on_batch is not None:
             self.on_batch()
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def other(self, choices: list[Any]) -> bytes:
+        """The frame of a chunk off the hot path (``b""`` for one that carries nothing: a
+        role-only first chunk, a finish reason alone). Finish reasons are kept for the end
+        frame, as on the hot path; the rest of each choice is relayed as it came, without
+        its null keys."""
+        answer = self.answer
+        relayed: list[dict[str, Any]] = []
+        for choice in choices:
+            index = choice.get("index") or 0
+            reason = choice.get("finish_reason")
+            if index:
+                if reason or index not in answer.others:
+                    answer.others[index] = reason
+            elif reason:
+                answer.finish_reason = reason
+            delta = {k: v for k, v in (choice.get("delta") or {}).items() if v is not None}
+            logprobs = choice.get("logprobs")
+            if not logprobs and all(k == "role" or v in ("", []) for k, v in delta.items()):
+                continue  # nothing but the role, or empty
+            text = delta.get("content")
+            if not index and text:
+                answer.text_parts.append(text)
+                if not logprobs and len(choices) == 1 and delta.keys() <= {"content", "role"}:
+                    return self.encoder.content(text)
+            if "tool_calls" in delta:
+                delta = self._tool_delta(index, delta)
+            relayed.append({**choice, "delta": delta, "finish_reason": None})
+        return self.encoder.choices(relayed) if relayed else b""
+
+    def _tool_delta(self, index: int, delta: dict[str, Any]) -> dict[str, Any]:
+        """A tool-call delta as OpenAI streams one: a call's id, type and name in its first
+        delta only, its arguments in pieces after. llama.cpp's server repeats the name (and
+        the legacy ``function_call`` beside ``tool_calls``) in every delta, which clients
+        that add up the pieces would join into one long name."""
+        calls = []
+        for call in delta["tool_calls"]:
+            key = (index, call.get("index") or 0)
+            if key in self._calls:
+                call = {k: v for k, v in call.items() if k not in ("id", "type")}
+                function = call.get("function")
+                if isinstance(function, dict) and "name" in function:
+                    call["function"] = {k: v for k, v in function.items() if k != "name"}
+            else:
+                self._calls.add(key)
+            calls.append(call)
+        return {k: v for k, v in delta.items() if k != "function_call"} | {"tool_calls": calls}
 
     async def start(self) -> bytes:
         """The first frame with content (or the end frame of an answer without any)."""

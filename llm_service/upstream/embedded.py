@@ -131,7 +131,9 @@ class EmbeddedServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--n_ctx", str(self.n_ctx),
-            "--chat_format", "chatml-function-calling",  # ChatML that also takes tools
+            # ChatML with tool calling, so that tools and tool_choice work (SmolLM2 was
+            # trained on ChatML: plain chats keep the format it knows).
+            "--chat_format", "chatml-function-calling",
             "--verbose", "False",
         ]  # fmt: skip
 

@@ -77,6 +77,10 @@ class Script:
     reasoning: list[str] | None = None  # streamed before the content, whole in the message
     reasoning_field: str = "reasoning_content"  # newer vLLM: "reasoning"
     tool_calls: list[ToolCall] | None = None  # after the content; finish_reason tool_calls
+    # --- answers beyond plain text, in the server's exact shapes ---
+    chunks: list[dict[str, Any]] | None = None  # streamed: these chunk bodies (sans head)
+    choices: list[dict[str, Any]] | None = None  # whole: these choices as they are
+    reply_extra: dict[str, Any] = field(default_factory=dict)  # whole: more top-level keys
 
 
 class FakeOpenAI:
@@ -190,11 +194,12 @@ class FakeOpenAI:
             choice = {"index": 0, "finish_reason": finish, "message": message}
             if body.get("logprobs"):
                 choice["logprobs"] = {"content": [logprob(t, body) for t in tokens]}
+            choices = script.choices or [choice]
             return web.json_response(
                 {
                     "id": "chatcmpl-fake", "object": "chat.completion",
                     "created": int(time.time()), "model": self.model,
-                    "choices": [choice], "usage": usage,
+                    "choices": choices, "usage": usage, **script.reply_extra,
                 },
                 dumps=lambda o: orjson.dumps(o).decode(),
             )  # fmt: skip
@@ -226,6 +231,19 @@ class FakeOpenAI:
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
         try:
+            if script.chunks is not None:
+                scripted = [
+                    b"data: " + orjson.dumps({**head, **c}) + b"\n\n" for c in script.chunks
+                ]
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    tail = {**head, "choices": [], "usage": usage}
+                    scripted.append(b"data: " + orjson.dumps(tail) + b"\n\n")
+                scripted.append(b"data: [DONE]\n\n")
+                for piece in scripted:  # one write each, as a server sends them
+                    await resp.write(piece)
+                await resp.write_eof()
+                self.streams_finished += 1
+                return resp
             if script.role_chunk:
                 await resp.write(frame({"role": "assistant", "content": ""}))
             pending: list[bytes] = [
@@ -333,6 +351,72 @@ def logprob(token: str, body: dict[str, Any]) -> dict[str, Any]:
     top += [{"token": f"alt{i}", "logprob": -2.0 - i, "bytes": list(f"alt{i}".encode())}
             for i in range(1, int(body.get("top_logprobs") or 0))]  # fmt: skip
     return {"token": token, "logprob": -0.25, "bytes": data, "top_logprobs": top}
+
+
+# --- vLLM's chunk shapes (its OpenAI server, exclude_unset), for Script(chunks=...) ----------
+
+
+def _choice(delta: dict[str, Any], index: int = 0, finish: str | None = None,
+            **more: Any) -> dict[str, Any]:  # fmt: skip
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish, **more}
+
+
+def vllm_tool_call_chunks(
+    name: str, pieces: list[str], call_id: str = "chatcmpl-tool-7f3a"
+) -> list[dict[str, Any]]:
+    """One tool call as vLLM streams it: the role, the call's id and name, its arguments in
+    ``pieces``, then the finish reason ``tool_calls``."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""})]},
+              {"choices": [_choice({"tool_calls": [{"id": call_id, "type": "function", "index": 0,
+                                                     "function": {"name": name}}]})]}]  # fmt: skip
+    chunks += [
+        {"choices": [_choice({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})]}
+        for piece in pieces
+    ]
+    chunks.append({"choices": [_choice({"content": ""}, finish="tool_calls", stop_reason=None)]})
+    return chunks
+
+
+def vllm_reasoning_chunks(
+    reasoning: list[str], content: list[str], key: str = "reasoning_content"
+) -> list[dict[str, Any]]:
+    """A reasoning model's stream (vLLM with --reasoning-parser): reasoning deltas under
+    ``key`` (``reasoning`` in newer vLLM), then content deltas, then the finish reason."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""})]}]
+    chunks += [{"choices": [_choice({key: piece})]} for piece in reasoning]
+    chunks += [{"choices": [_choice({"content": piece})]} for piece in content]
+    chunks.append({"choices": [_choice({"content": ""}, finish="stop", stop_reason=None)]})
+    return chunks
+
+
+def vllm_n_chunks(texts: list[list[str]], finish: list[str]) -> list[dict[str, Any]]:
+    """``n`` choices as vLLM streams them: one choice per chunk, interleaved by index."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""}, index=i)]}
+              for i in range(len(texts))]  # fmt: skip
+    for step in range(max(len(t) for t in texts)):
+        for i, pieces in enumerate(texts):
+            if step < len(pieces):
+                chunks.append({"choices": [_choice({"content": pieces[step]}, index=i)]})
+    chunks += [{"choices": [_choice({"content": ""}, index=i, finish=reason, stop_reason=None)]}
+               for i, reason in enumerate(finish)]  # fmt: skip
+    return chunks
+
+
+def logprob_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()),
+            "top_logprobs": [{"token": token, "logprob": logprob,
+                              "bytes": list(token.encode())}]}  # fmt: skip
+
+
+def vllm_logprob_chunks(tokens: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Content deltas with their logprobs (``logprobs: true, top_logprobs: 1``)."""
+    chunks = [{"choices": [_choice({"role": "assistant", "content": ""})]}]
+    for token, logprob in tokens:
+        choice = _choice({"content": token})
+        choice["logprobs"] = {"content": [logprob_entry(token, logprob)]}
+        chunks.append({"choices": [choice]})
+    chunks.append({"choices": [_choice({"content": ""}, finish="stop", stop_reason=None)]})
+    return chunks
 
 
 def main() -> None:

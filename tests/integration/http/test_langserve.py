@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langserve import RemoteRunnable
 
 from tests.support.fake_openai import FakeOpenAI, Script
@@ -324,3 +324,18 @@ def test_bad_langserve_path_stops_start_up(path: str) -> None:
 
     with pytest.raises(SettingsError, match="LLM_LANGSERVE_PATH"):
         Settings.load(langserve_path=path)
+
+
+async def test_tool_conversation_reaches_the_server_in_openai_shape(
+    remote: RemoteRunnable[Any, Any], fake: FakeOpenAI
+) -> None:
+    call = {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1", "type": "tool_call"}
+    messages = [HumanMessage("Weather in Paris?"), AIMessage("", tool_calls=[call]),
+                ToolMessage("18 C", tool_call_id="call_1")]  # fmt: skip
+    out = await remote.ainvoke({"messages": messages})
+    assert isinstance(out, AIMessage)
+    sent = fake.requests[-1]["messages"]
+    assert sent[1]["role"] == "assistant" and sent[1]["content"] is None
+    assert sent[1]["tool_calls"] == [{"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]  # fmt: skip
+    assert sent[2] == {"role": "tool", "content": "18 C", "tool_call_id": "call_1"}

@@ -1,8 +1,8 @@
 """The support matrix: one service per kind of model server (LLM_MODEL_SERVER), each in
 front of the fake server playing that server's documented quirks, and the llamacpp row
 against the real embedded llama.cpp server. Each row checks what the server is sent
-(sampling knobs it understands, none it does not), that its error shapes become our errors
-with its message, and that its usage and finish reasons come through."""
+(sampling knobs it understands; a 422 naming the ones it does not), that its error shapes
+become our errors with its message, and that its usage and finish reasons come through."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tests.support.servers import FakeServer, ServiceServer, settings_for
 from tests.support.sse import content_of, parse_frames
 
 KNOBS = {"top_k": 10, "repetition_penalty": 1.05, "typical_p": 0.9}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 # LLM_MODEL_SERVER -> the knobs it is sent (under their wire names)
 SENT = {
@@ -79,12 +80,21 @@ def test_sampling_knobs_reach_only_servers_that_take_them(
 ) -> None:
     kind, fake, service = row
     fake.reset()
-    assert post(service, stream=True, temperature=0.2, top_p=0.9, **KNOBS).status_code == 200
-    assert post(service, stream=False, **KNOBS).status_code == 200
+    taken = {k: v for k, v in KNOBS.items() if k in SENT[kind]}
+    assert post(service, stream=True, temperature=0.2, top_p=0.9, **taken).status_code == 200
+    assert post(service, stream=False, **taken).status_code == 200
     for sent in fake.requests:
         assert {k: sent[k] for k in ("top_k", "repetition_penalty", "typical_p", "repeat_penalty")
                 if k in sent} == SENT[kind]  # fmt: skip
     assert fake.requests[0]["temperature"] == 0.2 and fake.requests[0]["top_p"] == 0.9
+    # All of them, as OPEA pipelines send them: the ones it lacks are left out, as the seed
+    # left them all out.
+    fake.reset()
+    for stream in (True, False):
+        assert post(service, stream=stream, **KNOBS).status_code == 200
+    for sent in fake.requests:
+        assert {k: sent[k] for k in ("top_k", "repetition_penalty", "typical_p", "repeat_penalty")
+                if k in sent} == SENT[kind]  # fmt: skip
 
 
 def test_stream_usage_and_finish_reason(row: tuple[str, FakeOpenAI, ServiceServer]) -> None:
@@ -160,7 +170,7 @@ def test_vllm_completions_api_streams_and_answers_whole(
     fake, service = completions_row
     fake.reset()
     fake.push(Script(finish_reason="length"))
-    resp = post(service, stream=True, max_tokens=5, **KNOBS)
+    resp = post(service, stream=True, max_tokens=5, top_k=10, repetition_penalty=1.05)
     frames = parse_frames(resp.text)
     assert content_of(frames) == "Deep learning is great."
     assert frames[-2].json()["choices"][0]["finish_reason"] == "length"
@@ -168,12 +178,23 @@ def test_vllm_completions_api_streams_and_answers_whole(
     assert "messages" not in sent and "What is deep learning?" in str(sent["prompt"])
     assert sent["max_tokens"] == 5 and sent["stream"] is True
     assert sent["top_k"] == 10 and sent["repetition_penalty"] == 1.05  # via extra_body
-    assert "typical_p" not in sent
     doc = post(service, stream=False).json()
     assert doc["text"] == "Deep learning is great."
     assert doc["choices"][0]["finish_reason"] == "stop"
     assert doc["usage"]["completion_tokens"] == 5
     assert not fake.requests[-1].get("stream")
+
+
+def test_vllm_completions_api_refuses_what_it_cannot_send(
+    completions_row: tuple[FakeOpenAI, ServiceServer],
+) -> None:
+    fake, service = completions_row
+    fake.reset()
+    for extra in ({"logit_bias": {"1": 1}}, {"frequency_penalty": 0.5}, {"tools": [TOOL]}):
+        resp = post(service, stream=True, **extra)
+        assert resp.status_code == 422, extra
+        assert resp.json()["error"]["param"] == next(iter(extra))
+    assert fake.requests == []
 
 
 def test_vllm_completions_api_error_is_502(
