@@ -303,8 +303,11 @@ class UpstreamChatModel(BaseChatModel):
     client: UpstreamClient = Field(exclude=True)
     model_name: str
     server: ModelServer = ModelServer.OPENAI
-    streaming: bool = False
-    """``invoke`` streams from the server (BaseChatModel reads this field)."""
+    streaming: bool | None = None
+    """True: ``invoke`` streams too (callbacks see each token). None, the default, leaves it
+    to LangChain: stream when a streaming callback listens (``astream_events``). A bool here
+    would be copied into every ``configurable_fields`` copy as if set by the caller, and
+    ``astream_events`` through them would see no token."""
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -336,6 +337,8 @@ async def test_tool_conversation_reaches_the_server_in_openai_shape(
     assert isinstance(out, AIMessage)
     sent = fake.requests[-1]["messages"]
     assert sent[1]["role"] == "assistant" and sent[1]["content"] is None
-    assert sent[1]["tool_calls"] == [{"id": "call_1", "type": "function", "function": {
-        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]  # fmt: skip
+    (tool_call,) = sent[1]["tool_calls"]
+    assert tool_call["id"] == "call_1" and tool_call["type"] == "function"
+    assert tool_call["function"]["name"] == "get_weather"
+    assert json.loads(tool_call["function"]["arguments"]) == {"city": "Paris"}
     assert sent[2] == {"role": "tool", "content": "18 C", "tool_call_id": "call_1"}
