@@ -441,9 +441,15 @@ class UpstreamChatModel(BaseChatModel):
         parser: Runnable[Any, Any]
         if method == "function_calling":
             name = convert_to_openai_tool(schema)["function"]["name"]
+            # One call, forced by name: servers without parallel_tool_calls (TGI, llama.cpp)
+            # make exactly one then, and refusing the field would refuse the whole call.
+            single: dict[str, Any] = (
+                {} if self.server in (ModelServer.TGI, ModelServer.LLAMACPP)
+                else {"parallel_tool_calls": False}
+            )  # fmt: skip
             llm = self.bind_tools(
-                [schema], tool_choice=name, parallel_tool_calls=False, strict=strict,
-                ls_structured_output_format=traced, **kwargs,
+                [schema], tool_choice=name, strict=strict,
+                ls_structured_output_format=traced, **single, **kwargs,
             )  # fmt: skip
             if pydantic_schema:
                 parser = PydanticToolsParser(tools=[cast(type, schema)], first_tool_only=True)
