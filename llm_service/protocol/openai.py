@@ -238,6 +238,16 @@ class OpenAIChunkEncoder:
     def content(self, text: str) -> bytes:
         return self._content_head + orjson.dumps(text) + self._content_tail
 
+    def role(self) -> bytes:
+        """The stream's first chunk, as OpenAI (and vLLM) send it: the role, empty content.
+        SDKs build the final message's role from it (the openai SDK's streamed structured
+        output fails without one)."""
+        return (
+            self._head
+            + b'[{"index":0,"delta":{"role":"assistant","content":""},'
+            + (b'"finish_reason":null}]}\n\n')
+        )
+
     def choices(self, choices: Sequence[Mapping[str, Any]]) -> bytes:
         """One chunk holding ``choices`` as given (tool-call, reasoning or logprob deltas,
         choices past the first), under this completion's id, created and model."""

@@ -267,11 +267,11 @@ class UpstreamRelay(_Frames):
             while not frame:  # vLLM's first chunk carries only the role
                 batch = await source.next()
                 if not batch:
-                    return self.end()
+                    return self.encoder.role() + self.end()
                 frame = self.encode(batch)
         except Exception as exc:
             raise self.failure(exc) from None
-        return frame
+        return self.encoder.role() + frame
 
     async def run(self, out: FrameOut) -> None:
         """The frames after the first, to ``out``, until the end frame or an error event."""
@@ -344,7 +344,7 @@ class ChainRelay(_Frames):
 
     async def start(self) -> bytes:
         try:
-            return await self._next()
+            return self.encoder.role() + await self._next()
         except Exception as exc:
             raise self.failure(exc) from None
 
