@@ -29,13 +29,14 @@ def test_stream_is_openai_chunks_then_done(service: ServiceServer, fake: FakeOpe
     frames = parse_frames(resp.text)
     assert frames[-1].raw == "[DONE]"
     chunks = [f.json() for f in frames[:-1]]
-    assert len(chunks) == 6  # 5 tokens (the role-only chunk is not relayed) + finish
+    assert len(chunks) == 7  # the role, 5 tokens (upstream's role chunk merged in), finish
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     for chunk in chunks:
         assert set(chunk) == {"id", "object", "created", "model", "choices"}
         assert chunk["object"] == "chat.completion.chunk"
         assert chunk["model"] == "fake-model"
         assert chunk["id"] == chunks[0]["id"]
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 5 + ["stop"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 6 + ["stop"]
     assert chunks[-1]["choices"][0]["delta"] == {"content": ""}
     assert content_of(frames) == "Deep learning is great."
 
@@ -95,7 +96,7 @@ def test_stream_coalesced_upstream_chunks_keep_order(
     fake.push(Script(tokens=tokens, tokens_per_write=7))
     frames = parse_frames(post(service, seed_request(True, max_new_tokens=100)).text)
     assert content_of(frames) == "".join(tokens)
-    assert len(frames) == 50 + 2
+    assert len(frames) == 1 + 50 + 2  # the role, the tokens, the finish, [DONE]
 
 
 def test_question_and_docs_build_prompt(service: ServiceServer, fake: FakeOpenAI) -> None:
@@ -371,7 +372,9 @@ def test_route_via_chain_gives_the_same_sse(
 
         fast, chained = normalized(service), normalized(via_chain)
         assert fast == chained == normalized(pulled)
-        assert len(fast) == 4 + 1 + (1 if stream_options else 0) + 2  # tokens, finish, [usage]
+        assert (
+            len(fast) == 1 + 4 + 1 + (1 if stream_options else 0) + 2
+        )  # role, tokens, finish, [usage]
         assert fast[-1][2]["citations"] == [1]
     finally:
         via_chain.close()
@@ -417,7 +420,7 @@ def test_runnable_events_give_the_same_sse(
 
     fake.push(script)
     assert normalized(asyncio.run(via_events()).decode()) == route
-    assert len(route) == 4 + 1 + 1  # max_tokens tokens, the finish reason, [DONE]
+    assert len(route) == 1 + 4 + 1 + 1  # the role, max_tokens tokens, the finish, [DONE]
     assert route[-2][2]["choices"][0]["finish_reason"] == "length"
     assert fake.requests[0]["messages"] == fake.requests[1]["messages"] == messages
 

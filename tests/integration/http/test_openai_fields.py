@@ -483,7 +483,8 @@ def test_streamed_tool_call_is_relayed_in_openai_shape(
     assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")  # ours, not the server's
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == "fake-model"
                for c in chunks)  # fmt: skip
-    first = chunks[0]["choices"][0]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    first = chunks[1]["choices"][0]
     start = {"id": "chatcmpl-tool-7f3a", "type": "function", "index": 0,
              "function": {"name": "get_weather"}}  # fmt: skip
     assert first["delta"]["tool_calls"][0] == start
@@ -524,7 +525,8 @@ def test_llamacpp_tool_deltas_become_openai_deltas(
     fake.push(Script(chunks=llamacpp_tool_chunks(["{", '"city": ', '"Paris"', "}"])))
     resp = post(services["llamacpp"], stream=True, tools=[TOOL], tool_choice=FORCED)
     chunks = chunks_of(parse_frames(resp.text))
-    deltas = [c["choices"][0]["delta"] for c in chunks[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-1]]
     start = {"index": 0, "id": "call__0_get_weather", "type": "function",
              "function": {"name": "get_weather", "arguments": "{"}}  # fmt: skip
     assert deltas[0] == {"tool_calls": [start]}
