@@ -165,7 +165,9 @@ def test_an_endless_response_head_is_502_in_bounded_time(
     assert resp.status_code == 502, resp.text[:300]
     assert error_of(resp)["message"] == "model server sent bad HTTP"
     assert took < QUICK
-    assert server.sent.bytes < 4 * MIB
+    # Cut long before the 64 MiB it would send; what it wrote meanwhile sits in loopback's
+    # socket buffers, which the kernel grows to several MiB under a fast writer.
+    assert server.sent.bytes < 16 * MIB
     assert_bounded(rss)
 
 
@@ -183,7 +185,7 @@ def test_an_endless_line_before_the_first_token_is_502(
         f"model server sent a line longer than {LINE_CAP} bytes (LLM_MAX_UPSTREAM_LINE_BYTES)"
     )
     assert took < QUICK
-    assert server.sent.bytes < 8 * MIB
+    assert server.sent.bytes < 16 * MIB  # as above: cut, less what loopback buffered
     assert_bounded(rss)
 
 
