@@ -18,11 +18,12 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from llm_service.chain import UpstreamChatModel
 from llm_service.settings import ModelServer
 from llm_service.upstream.client import UpstreamClient
+from tests.support.standard import SmolLM2Capabilities
 
 pytestmark = pytest.mark.embedded
 
 
-class TestUpstreamChatModelLlamaCpp(ChatModelIntegrationTests):
+class TestUpstreamChatModelLlamaCpp(SmolLM2Capabilities, ChatModelIntegrationTests):
     client: UpstreamClient | None = None
 
     @pytest.fixture(autouse=True, scope="class")
@@ -47,34 +48,6 @@ class TestUpstreamChatModelLlamaCpp(ChatModelIntegrationTests):
             "max_tokens": 128,
             "temperature": 0.0,
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False  # SmolLM2 reads text only
-
-    @property
-    def supports_anthropic_inputs(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @pytest.mark.xfail(
         reason="llama-cpp-python's server sends no usage in a streamed answer (it has no "

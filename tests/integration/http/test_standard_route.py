@@ -23,6 +23,7 @@ from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from tests.support.servers import ServiceServer
+from tests.support.standard import SmolLM2Capabilities
 
 pytestmark = pytest.mark.embedded
 
@@ -66,7 +67,7 @@ def _xfail(name: str, reason: str, *, strict: bool = False) -> Any:
     return pytest.mark.xfail(reason=reason, strict=strict)(test)
 
 
-class _SmolLM2ChatOpenAI(ChatModelIntegrationTests):
+class _SmolLM2ChatOpenAI(SmolLM2Capabilities, ChatModelIntegrationTests):
     """What both classes share; each sets ``base_url`` before its tests run."""
 
     base_url: str | None = None
@@ -90,38 +91,6 @@ class _SmolLM2ChatOpenAI(ChatModelIntegrationTests):
             "max_retries": 0,
             "timeout": 120.0,
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False  # SmolLM2 reads text only
-
-    @property
-    def supports_image_urls(self) -> bool:
-        return False  # likewise
-
-    @property
-    def supports_anthropic_inputs(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def supports_model_override(self) -> bool:
