@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, FilePath, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LLM_"
@@ -205,6 +213,70 @@ class Settings(BaseSettings):
         "answer /v1/models; the service serves meanwhile, /v1/ready says 503. 0: no check.",
     )
 
+    # --- routing between replicas and their discovery ---------------------------------------
+    routing: Literal["least_inflight", "prefix_affinity"] = Field(
+        "prefix_affinity",
+        description="How a request picks a replica of LLM_MODEL_SERVER_ENDPOINT: "
+        "prefix_affinity (the replica that served the longest prefix of this prompt before, "
+        "so its prefix cache skips that prefill; or the session's replica; least in-flight "
+        "when none or when that replica is over the load bound) or least_inflight (fewest "
+        "requests in flight, ties take turns). See docs/routing.md.",
+    )
+    routing_block_chars: int = Field(
+        256,
+        ge=16,
+        description="prefix_affinity: characters per prompt block; prompts are matched "
+        "block by block, and shorter prompts go to the least loaded replica.",
+    )
+    routing_table_size: int = Field(
+        100_000,
+        ge=1,
+        description="prefix_affinity: most prompt blocks remembered (least recently used "
+        "forgotten first); about 200 bytes each.",
+    )
+    routing_balance: float = Field(
+        1.5,
+        ge=1.0,
+        description="prefix_affinity: a replica whose load exceeds both this factor times the "
+        "mean load and the mean plus LLM_ROUTING_BALANCE_SLACK is passed over for the least "
+        "loaded one.",
+    )
+    routing_balance_slack: int = Field(
+        4,
+        ge=0,
+        description="prefix_affinity: requests a replica may have above the mean load before "
+        "LLM_ROUTING_BALANCE applies (so that light load never breaks affinity).",
+    )
+    routing_session_header: str = Field(
+        "X-Session-ID",
+        pattern=r"^[A-Za-z0-9-]*$",
+        description="prefix_affinity: request header naming a session whose requests go to "
+        "one replica (within the load bound); OpenAI's 'user' field serves when the header "
+        "is absent. Empty: no header.",
+    )
+    replica_discovery: Literal["static", "dns"] = Field(
+        "static",
+        description="static: the replicas are the URLs of LLM_MODEL_SERVER_ENDPOINT. dns: "
+        "its single http URL names a host whose addresses (a Kubernetes headless Service) "
+        "are the replicas, looked up again every LLM_REPLICA_REFRESH seconds.",
+    )
+    replica_refresh: float = Field(
+        10.0, gt=0, description="Seconds between DNS look-ups of the replicas (discovery dns)."
+    )
+    replica_dns_server: str | None = Field(
+        None,
+        pattern=r"^[0-9A-Fa-f.:\[\]]+$",
+        description="IP address (optionally :port, [v6]:port) of a DNS server to ask for the "
+        "replicas instead of the system's resolver (discovery dns).",
+    )
+    replica_metrics_interval: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between polls of each replica's /metrics (vLLM's "
+        "num_requests_running + num_requests_waiting count as its load, requests of other "
+        "clients included). 0: only this process's own requests in flight count.",
+    )
+
     # --- LangServe routes and playground --------------------------------------------------
     langserve_path: str = Field(
         "/llm",
@@ -337,6 +409,18 @@ class Settings(BaseSettings):
         if not urls:
             raise ValueError("no URL given")
         return ",".join(urls)
+
+    @field_validator("replica_discovery")
+    @classmethod
+    def _valid_discovery(cls, value: str, info: ValidationInfo) -> str:
+        endpoint = info.data.get("model_server_endpoint")
+        if value == "dns" and endpoint is not None:
+            if "," in endpoint:
+                raise ValueError("dns takes one URL in LLM_MODEL_SERVER_ENDPOINT")
+            if not endpoint.startswith("http://"):
+                # Certificates name the host, not the addresses the replicas are reached at.
+                raise ValueError("dns takes an http:// URL in LLM_MODEL_SERVER_ENDPOINT")
+        return value
 
     @field_validator("otlp_endpoint")
     @classmethod

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from llm_service.context import bind_session
 from llm_service.errors import ServiceError
 from llm_service.http.body import JSON_HEADERS, read_body, send_error
 from llm_service.http.disconnect import ClientWatch
@@ -63,6 +64,7 @@ async def handle_chat(
     the stream's frames from the network callback, batched per event-loop pass."""
     obs = service.observability
     record = obs.begin(scope, PATH)  # request id, log context, request span
+    bind_session(scope["headers"], service.session_header)  # for the replica routing
     try:
         await _answer(service, writes, record, scope, receive, send)
     finally:

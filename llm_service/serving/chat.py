@@ -146,6 +146,8 @@ class ChatService:
             or tracing_is_enabled()
         )
         self.gate = Gate(settings.max_concurrent)  # concurrent requests, for backpressure
+        # The header whose value keeps a session on one replica (ASGI's lower-case name).
+        self.session_header = settings.routing_session_header.lower().encode("latin-1")
 
     async def answer(
         self, request: ChatRequest, record: RequestRecord

@@ -8,6 +8,7 @@ from llm_service.settings import Settings
 from llm_service.upstream.auth import Auth, OAuthClientCredentials, StaticKeyAuth
 from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.redact import Redactor, secrets_of_url
+from llm_service.upstream.routing import LeastInflight, make_policy
 from llm_service.upstream.sse import Chunk
 
 
@@ -54,7 +55,31 @@ def build_client(settings: Settings, base_url: str) -> UpstreamClient:
         tls_skip_verify=settings.tls_skip_verify,
         tls_ca_bundle=settings.tls_ca_bundle,
         replica_cooldown=settings.replica_cooldown,
+        routing=build_routing(settings),
+        replica_discovery=settings.replica_discovery,
+        replica_refresh=settings.replica_refresh,
+        replica_dns_server=settings.replica_dns_server,
+        replica_metrics_interval=settings.replica_metrics_interval,
     )
 
 
-__all__ = ["Auth", "Chunk", "Redactor", "UpstreamClient", "build_auth", "build_client"]
+def build_routing(settings: Settings) -> LeastInflight:
+    """The routing policy of LLM_ROUTING with its LLM_ROUTING_* settings."""
+    return make_policy(
+        settings.routing,
+        block_chars=settings.routing_block_chars,
+        table_size=settings.routing_table_size,
+        balance=settings.routing_balance,
+        slack=settings.routing_balance_slack,
+    )
+
+
+__all__ = [
+    "Auth",
+    "Chunk",
+    "Redactor",
+    "UpstreamClient",
+    "build_auth",
+    "build_client",
+    "build_routing",
+]

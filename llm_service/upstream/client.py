@@ -13,6 +13,7 @@ reaches clients and logs only through the client's ``Redactor`` (``redact.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from llm_service.context import session_key
 from llm_service.errors import UpstreamError, UpstreamTimeout
 from llm_service.settings import Settings
 from llm_service.upstream import faults
@@ -34,9 +36,17 @@ from llm_service.upstream.bounded import (
     read_capped,
     read_error_body,
 )
+from llm_service.upstream.discovery import (
+    DnsDiscovery,
+    MetricsPoller,
+    NameserverResolver,
+    Resolver,
+    SystemResolver,
+)
 from llm_service.upstream.failover import Replica, ReplicaSet
 from llm_service.upstream.faults import message_of
 from llm_service.upstream.redact import Redactor, safe_url
+from llm_service.upstream.routing import LeastInflight, make_policy
 from llm_service.upstream.sse import Chunk, ChunkParser
 from llm_service.upstream.stream import UpstreamStream
 from llm_service.upstream.tls import client_ssl_context
@@ -89,8 +99,12 @@ class UpstreamClient:
     Calls made on another event loop (a notebook, ``asyncio.run`` in a script, the sync API)
     use pools of their own for that loop, closed with the loop, so nothing leaks.
 
-    ``base_url`` may name several replicas separated by commas (see ``failover.py``). Once a
-    chunk of a stream has been relayed nothing is retried.
+    ``base_url`` may name several replicas separated by commas (see ``failover.py``), or
+    one host whose DNS addresses are the replicas (``replica_discovery="dns"``, looked up
+    every ``replica_refresh`` seconds, by ``replica_dns_server`` if given). ``routing``
+    picks the replica of each chat request (a policy of ``routing.py`` or its name);
+    ``replica_metrics_interval`` > 0 polls the replicas' ``/metrics`` for their load (see
+    ``discovery.py``). Once a chunk of a stream has been relayed nothing is retried.
 
     Timeouts: ``connect_timeout`` (TCP connect), ``first_token_timeout`` (request sent to the
     first chunk of a stream), ``idle_timeout`` (silence between chunks once a stream has
@@ -119,11 +133,32 @@ class UpstreamClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         max_line_bytes: int = MAX_LINE_BYTES,
         redactor: Redactor | None = None,
+        routing: str | LeastInflight = "prefix_affinity",
+        replica_discovery: str = "static",
+        replica_refresh: float = 10.0,
+        replica_dns_server: str | None = None,
+        replica_metrics_interval: float = 0.0,
     ) -> None:
         urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
-        self.replica_set = ReplicaSet(urls, cooldown=replica_cooldown)
-        self.replicas = self.replica_set.replicas
+        policy = make_policy(routing) if isinstance(routing, str) else routing
+        self.replica_set = ReplicaSet(urls, cooldown=replica_cooldown, policy=policy)
         self.base_url = self.replicas[0].url
+        self._discovery: DnsDiscovery | None = None
+        if replica_discovery == "dns":
+            resolver: Resolver = (
+                NameserverResolver(replica_dns_server) if replica_dns_server else SystemResolver()
+            )
+            self._discovery = DnsDiscovery(
+                self.replica_set, self.base_url, resolver, replica_refresh
+            )
+        elif replica_discovery != "static":
+            raise ValueError(f"unknown replica discovery {replica_discovery!r}")
+        self._poller: MetricsPoller | None = None
+        if replica_metrics_interval > 0:
+            self._poller = MetricsPoller(
+                self.replica_set, replica_metrics_interval, self._metrics_of
+            )
+        self._background: list[asyncio.Task[None]] = []
         self.auth = auth or Auth()
         self.redactor = redactor or Redactor()
         self.auth.bind(self.redactor)
@@ -140,6 +175,11 @@ class UpstreamClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._per_loop: dict[asyncio.AbstractEventLoop, Connections] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """The replicas now (discovery may change them)."""
+        return self.replica_set.replicas
 
     def __repr__(self) -> str:
         urls = ",".join(safe_url(r.url) for r in self.replicas)
@@ -170,10 +210,28 @@ class UpstreamClient:
             self._shared = self._new_connections()
             self._loop = asyncio.get_running_loop()
             await self.auth.start(self._shared.session)
+            await self._start_background()
+
+    async def _start_background(self) -> None:
+        """Replica discovery (one look-up now, so that the first requests spread) and the
+        metrics polls, on the shared pools' loop until ``aclose``."""
+        if self._background:
+            return
+        if self._discovery is not None:
+            await self._discovery.refresh_once()
+            self._background.append(asyncio.create_task(self._discovery.run()))
+        if self._poller is not None:
+            self._background.append(asyncio.create_task(self._poller.run()))
 
     async def aclose(self) -> None:
         """Close the shared pools (and the running loop's own)."""
         await self.auth.aclose()
+        background, self._background = self._background, []
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         shared, self._shared = self._shared, None
         if shared is not None:
             await shared.aclose()
@@ -285,6 +343,7 @@ class UpstreamClient:
     ) -> Chunk:
         """A whole (non-streamed) chat completion."""
         data = orjson.dumps({**payload, "stream": False})
+        key = self.replica_set.policy.key(payload, session_key.get())
         session = (await self._connections()).session
 
         async def attempt(replica: Replica) -> bytes:
@@ -299,7 +358,7 @@ class UpstreamClient:
                         f"LLM_REQUEST_TIMEOUT={self.total_timeout:g} s"
                     ) from None
 
-        body = await self.replica_set.call(attempt)
+        body = await self.replica_set.call(attempt, key)
         try:
             result = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -337,6 +396,7 @@ class UpstreamClient:
         the caller: the failover tries the next replica on a replica fault, and the
         first-token deadline covers connecting, auth and the wait for the first chunk."""
         data = orjson.dumps({**payload, "stream": True})
+        key = self.replica_set.policy.key(payload, session_key.get())
         connections = await self._connections()
 
         async def attempt(replica: Replica) -> UpstreamStream:
@@ -365,7 +425,7 @@ class UpstreamClient:
             stream.idle_timeout(self.idle_timeout)
             return stream
 
-        return await self.replica_set.call(attempt)
+        return await self.replica_set.call(attempt, key)
 
     @staticmethod
     def _abandon(stream: UpstreamStream | None, replica: Replica) -> None:
@@ -435,6 +495,16 @@ class UpstreamClient:
                 yield batch
         finally:
             stream.close()
+
+    async def _metrics_of(self, url: str) -> bytes:
+        """The body of a replica's ``/metrics`` (for the metrics polls)."""
+        limits = aiohttp.ClientTimeout(total=5.0, sock_connect=self.connect_timeout)
+        session = (await self._connections()).session
+        try:
+            resp = await self._request(session, "GET", url, None, limits)
+            return await self._read_reply(resp)
+        except TimeoutError:
+            raise UpstreamTimeout("model server did not answer /metrics in time") from None
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST ``body`` to ``path`` (e.g. ``/tokenize``) and return the parsed JSON reply."""

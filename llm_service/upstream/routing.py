@@ -1,0 +1,258 @@
+"""Which replica a request goes to: the routing policies of ``failover.ReplicaSet``.
+
+``least_inflight`` sends each request to the replica with the fewest requests in flight.
+
+``prefix_affinity`` sends a prompt to the replica that was sent the longest prefix of it
+before: vLLM (and SGLang, TGI, llama.cpp's slots) keep the KV blocks of recent prompts and
+skip the prefill of a prefix they still hold, which in RAG is most of the prompt (the
+system prompt, popular documents, the conversation so far). The prompt text, as the model
+server will see it (roles and contents), is cut into blocks of ``block_chars`` characters;
+block ``i`` is known by the chained hash ``h_i = hash((h_{i-1}, block_i))``, so a hash names
+the whole prefix up to its block. A bounded LRU table maps these hashes to the replica last
+sent them. Characters rather than tokens: no tokenizer on the hot path, and a prefix of
+equal characters is a prefix of equal tokens up to the token that straddles the cut.
+
+A session key (a request header, else OpenAI's ``user`` field) takes precedence: its
+requests go to one replica chosen by rendezvous hashing, stable across processes.
+
+Either choice yields to load: a replica whose load exceeds ``max(mean * balance, mean +
+slack)`` is passed over for the least loaded one, as are replicas cooling down after a
+fault, gone from discovery, or already tried for this request. Entries that point at such a
+replica are skipped and overwritten by the next choice, so a dead replica's prefixes move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llm_service.upstream.failover import Replica
+
+POLICIES = ("least_inflight", "prefix_affinity")
+
+
+class RouteKey:
+    """What a request's routing is decided on: its session and its prompt's block hashes."""
+
+    __slots__ = ("blocks", "session")
+
+    def __init__(self, session: str | None, blocks: list[int]) -> None:
+        self.session = session
+        self.blocks = blocks  # chained hashes of the prompt's whole blocks, shallowest first
+
+
+def prompt_text(payload: Mapping[str, Any]) -> str:
+    """The prompt as the model server sees it, near enough for prefix matching: each
+    message's role and text in order (``messages``), or ``prompt`` for completions."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        parts: list[str] = []
+        for message in messages:
+            if not isinstance(message, Mapping):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):  # text parts; images and the like carry no text
+                content = "".join(
+                    p["text"] for p in content if isinstance(p, Mapping) and "text" in p
+                )
+            # The role marker keeps "user: A" + "assistant: B" apart from "user: AB".
+            text = content if isinstance(content, str) else ""
+            parts.append(f"\x00{message.get('role')}\x00{text}")
+        return "".join(parts)
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        return str(prompt[0])
+    return ""
+
+
+def block_hashes(text: str, block_chars: int) -> list[int]:
+    """Chained hashes of the whole blocks of ``text`` (a partial last block is left out:
+    model servers cache whole blocks only)."""
+    hashes: list[int] = []
+    h = 0
+    for start in range(0, len(text) - block_chars + 1, block_chars):
+        h = hash((h, text[start : start + block_chars]))
+        hashes.append(h)
+    return hashes
+
+
+def _rendezvous(session: str, url: str) -> bytes:
+    # A stable digest (not Python's salted hash()): every process of the service sends a
+    # session to the same replica.
+    return hashlib.blake2b(f"{session}\x00{url}".encode(), digest_size=8).digest()
+
+
+class LeastInflight:
+    """Fewest requests in flight; ties take turns; cooled-down replicas last."""
+
+    name = "least_inflight"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def key(self, payload: Mapping[str, Any], session: str | None) -> RouteKey | None:
+        """What ``pick`` needs of a request (nothing for this policy)."""
+        return None
+
+    def pick(
+        self,
+        replicas: Sequence[Replica],
+        tried: Sequence[Replica],
+        key: RouteKey | None,
+        now: float,
+    ) -> Replica:
+        return self.least_loaded(replicas, tried, now)
+
+    def least_loaded(
+        self, replicas: Sequence[Replica], tried: Sequence[Replica], now: float
+    ) -> Replica:
+        """The untried replica with the least load (cooled-down ones last, the one whose
+        cool-down ends first among them)."""
+        count = len(replicas)
+        turn = self._turn % count
+        self._turn = turn + 1
+        best: Replica | None = None
+        best_key: tuple[bool, float] = (True, 0.0)
+        for i in range(count):
+            replica = replicas[(turn + i) % count]
+            if replica in tried:
+                continue
+            down = replica.down_until > now
+            key = (down, replica.down_until if down else float(replica.load))
+            if best is None or key < best_key:
+                best, best_key = replica, key
+        assert best is not None, "every replica was tried"
+        return best
+
+
+class PrefixAffinity(LeastInflight):
+    """The replica of the session, else of the longest known prefix, within the load bound
+    (see the module docstring)."""
+
+    name = "prefix_affinity"
+
+    def __init__(
+        self,
+        *,
+        block_chars: int = 256,
+        table_size: int = 100_000,
+        balance: float = 1.5,
+        slack: int = 4,
+    ) -> None:
+        super().__init__()
+        if block_chars < 1 or table_size < 1 or balance < 1.0 or slack < 0:
+            raise ValueError("block_chars, table_size >= 1, balance >= 1, slack >= 0")
+        self.block_chars = block_chars
+        self.table_size = table_size
+        self.balance = balance
+        self.slack = slack
+        self.table: OrderedDict[int, Replica] = OrderedDict()
+
+    def key(self, payload: Mapping[str, Any], session: str | None) -> RouteKey | None:
+        if session is None:
+            user = payload.get("user")
+            session = user if isinstance(user, str) and user else None
+        blocks = block_hashes(prompt_text(payload), self.block_chars)
+        if session is None and not blocks:
+            return None  # too short to share a cached block: least loaded
+        return RouteKey(session, blocks)
+
+    def pick(
+        self,
+        replicas: Sequence[Replica],
+        tried: Sequence[Replica],
+        key: RouteKey | None,
+        now: float,
+    ) -> Replica:
+        if key is None:
+            return self.least_loaded(replicas, tried, now)
+        total = up = 0
+        for replica in replicas:
+            if replica.down_until <= now:
+                total += replica.load
+                up += 1
+        chosen: Replica | None = None
+        if up:
+            mean = total / up
+            bound = max(mean * self.balance, mean + self.slack)
+            if key.session is not None:
+                chosen = self._by_session(replicas, tried, key.session, now, bound)
+            elif key.blocks:
+                chosen = self._by_prefix(tried, key.blocks, now, bound)
+        if chosen is None:
+            chosen = self.least_loaded(replicas, tried, now)
+        if key.blocks:
+            self._remember(key.blocks, chosen)
+        return chosen
+
+    def _by_session(
+        self,
+        replicas: Sequence[Replica],
+        tried: Sequence[Replica],
+        session: str,
+        now: float,
+        bound: float,
+    ) -> Replica | None:
+        """The session's replica in rendezvous order: the first one usable and in bounds."""
+        ranked = sorted(replicas, key=lambda r: _rendezvous(session, r.url), reverse=True)
+        for replica in ranked:
+            if replica.down_until <= now and replica not in tried and replica.load <= bound:
+                return replica
+        return None
+
+    def _by_prefix(
+        self, tried: Sequence[Replica], blocks: list[int], now: float, bound: float
+    ) -> Replica | None:
+        """The replica of the deepest known block that is usable and in bounds."""
+        get = self.table.get
+        rejected: Replica | None = None
+        for h in reversed(blocks):
+            replica = get(h)
+            if replica is None or replica is rejected:
+                continue
+            if (
+                replica.active
+                and replica.down_until <= now
+                and replica not in tried
+                and replica.load <= bound
+            ):
+                return replica
+            rejected = replica  # shallower blocks mostly name the same one: skip it cheaply
+        return None
+
+    def _remember(self, blocks: list[int], replica: Replica) -> None:
+        table = self.table
+        move = table.move_to_end
+        for h in blocks:
+            table[h] = replica
+            move(h)
+        excess = len(table) - self.table_size
+        for _ in range(excess):
+            table.popitem(last=False)
+
+
+RoutingPolicy = LeastInflight
+"""The type of a routing policy (``PrefixAffinity`` is one)."""
+
+
+def make_policy(
+    name: str,
+    *,
+    block_chars: int = 256,
+    table_size: int = 100_000,
+    balance: float = 1.5,
+    slack: int = 4,
+) -> LeastInflight:
+    """The policy called ``name`` (one of ``POLICIES``)."""
+    if name == "least_inflight":
+        return LeastInflight()
+    if name == "prefix_affinity":
+        return PrefixAffinity(
+            block_chars=block_chars, table_size=table_size, balance=balance, slack=slack
+        )
+    raise ValueError(f"unknown routing policy {name!r}; one of {', '.join(POLICIES)}")
