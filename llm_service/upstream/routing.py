@@ -8,12 +8,13 @@ skip the prefill of a prefix they still hold, which in RAG is most of the prompt
 system prompt, popular documents, the conversation so far). The prompt text, as the model
 server will see it (roles and contents), is cut into blocks of ``block_chars`` characters;
 block ``i`` is known by the chained hash ``h_i = hash((h_{i-1}, block_i))``, so a hash names
-the whole prefix up to its block. A bounded LRU table maps these hashes to the replica last
-sent them. Characters rather than tokens: no tokenizer on the hot path, and a prefix of
+the whole prefix up to its block. A bounded table maps these hashes to the replica last
+sent them, forgetting the least recently used first (two generations of dicts: a hash used
+since the last turn-over is kept, the rest goes at the next). Characters rather than tokens: no tokenizer on the hot path, and a prefix of
 equal characters is a prefix of equal tokens up to the token that straddles the cut.
 
 A session key (a request header, else OpenAI's ``user`` field) takes precedence: its
-requests go to one replica chosen by rendezvous hashing, stable across processes.
+requests go to one replica chosen by rendezvous hashing, the same in every process.
 
 Either choice yields to load: a replica whose load exceeds ``max(mean * balance, mean +
 slack)`` is passed over for the least loaded one, as are replicas cooling down after a
@@ -24,7 +25,6 @@ replica are skipped and overwritten by the next choice, so a dead replica's pref
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -81,10 +81,10 @@ def block_hashes(text: str, block_chars: int) -> list[int]:
     return hashes
 
 
-def _rendezvous(session: str, url: str) -> bytes:
-    # A stable digest (not Python's salted hash()): every process of the service sends a
-    # session to the same replica.
-    return hashlib.blake2b(f"{session}\x00{url}".encode(), digest_size=8).digest()
+def stable_id(text: str) -> int:
+    """A 64-bit digest of ``text``, the same in every process (``hash()`` of a str is
+    salted per process; of a tuple of ints it is not)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest())
 
 
 class LeastInflight:
@@ -151,7 +151,17 @@ class PrefixAffinity(LeastInflight):
         self.table_size = table_size
         self.balance = balance
         self.slack = slack
-        self.table: OrderedDict[int, Replica] = OrderedDict()
+        self._young: dict[int, Replica] = {}  # hashes used since the last turn-over
+        self._old: dict[int, Replica] = {}  # the generation before, forgotten at the next
+
+    @property
+    def table_entries(self) -> int:
+        """Prompt blocks remembered now (at most about ``table_size``)."""
+        return len(self._young) + len(self._old)
+
+    def owner(self, h: int) -> Replica | None:
+        """The replica last sent the prefix whose last block's hash is ``h``."""
+        return self._young.get(h) or self._old.get(h)
 
     def key(self, payload: Mapping[str, Any], session: str | None) -> RouteKey | None:
         if session is None:
@@ -199,7 +209,8 @@ class PrefixAffinity(LeastInflight):
         bound: float,
     ) -> Replica | None:
         """The session's replica in rendezvous order: the first one usable and in bounds."""
-        ranked = sorted(replicas, key=lambda r: _rendezvous(session, r.url), reverse=True)
+        sid = stable_id(session)
+        ranked = sorted(replicas, key=lambda r: hash((sid, r.ident)), reverse=True)
         for replica in ranked:
             if replica.down_until <= now and replica not in tried and replica.load <= bound:
                 return replica
@@ -209,10 +220,10 @@ class PrefixAffinity(LeastInflight):
         self, tried: Sequence[Replica], blocks: list[int], now: float, bound: float
     ) -> Replica | None:
         """The replica of the deepest known block that is usable and in bounds."""
-        get = self.table.get
+        young, old = self._young.get, self._old.get
         rejected: Replica | None = None
         for h in reversed(blocks):
-            replica = get(h)
+            replica = young(h) or old(h)
             if replica is None or replica is rejected:
                 continue
             if (
@@ -226,14 +237,10 @@ class PrefixAffinity(LeastInflight):
         return None
 
     def _remember(self, blocks: list[int], replica: Replica) -> None:
-        table = self.table
-        move = table.move_to_end
-        for h in blocks:
-            table[h] = replica
-            move(h)
-        excess = len(table) - self.table_size
-        for _ in range(excess):
-            table.popitem(last=False)
+        young = self._young
+        young.update(dict.fromkeys(blocks, replica))
+        if len(young) * 2 >= self.table_size:
+            self._old, self._young = young, {}
 
 
 RoutingPolicy = LeastInflight

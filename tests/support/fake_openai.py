@@ -103,6 +103,8 @@ class FakeOpenAI:
         self.accept_token: Callable[[str], bool] | None = None
         # When each stream ended (finished or cut), by its last message's content.
         self.ended_at: dict[str, float] = {}
+        # vLLM's load gauges served on GET /metrics (404 while None, as before).
+        self.load_metrics: tuple[int, int] | None = None  # (running, waiting)
 
     def push(self, *scripts: Script) -> None:
         self.scripts.extend(scripts)
@@ -117,6 +119,7 @@ class FakeOpenAI:
         self.tokenize_calls = 0
         self.accept_token = None
         self.ended_at.clear()
+        self.load_metrics = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -125,7 +128,23 @@ class FakeOpenAI:
         app.router.add_get("/health", self.health)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/metrics", self.metrics)
         return app
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """vLLM's request gauges in Prometheus text (only once ``load_metrics`` is set)."""
+        if self.load_metrics is None:
+            raise web.HTTPNotFound()
+        running, waiting = self.load_metrics
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f'vllm:num_requests_running{{model_name="{self.model}"}} {running}.0\n'
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f'vllm:num_requests_waiting{{model_name="{self.model}"}} {waiting}.0\n'
+        )
+        return web.Response(text=text, content_type="text/plain")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="")

@@ -170,3 +170,154 @@ def test_endpoint_list_is_validated() -> None:
     assert settings.model_server_endpoint == "http://a:8000,https://b:8001"
     with pytest.raises(SettingsError, match=r"LLM_MODEL_SERVER_ENDPOINT.*'ftp://b' is not"):
         Settings.load(None, model_server_endpoint="http://a:8000,ftp://b")
+
+
+# --- routing: prefix affinity, sessions, load from /metrics -----------------------------------
+
+
+@pytest.fixture(params=["lean"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def trio() -> Iterator[tuple[FakeServer, FakeServer, FakeServer]]:
+    servers = (FakeServer(), FakeServer(), FakeServer())
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def document(name: str) -> str:
+    """A retrieved document long enough to fill several prompt blocks."""
+    return f"[{name}] " + " ".join(f"{name}-fact-{i}" for i in range(150))
+
+
+def ask_about(
+    service: ServiceServer,
+    doc: str,
+    question: str,
+    *,
+    stream: bool = True,
+    headers: dict[str, str] | None = None,
+    user: str | None = None,
+) -> httpx.Response:
+    body: dict[str, Any] = {
+        "messages": [
+            {"role": "system", "content": f"Answer from this document only.\n{doc}"},
+            {"role": "user", "content": question},
+        ],
+        "stream": stream,
+    }
+    if user is not None:
+        body["user"] = user
+    return httpx.post(f"{service.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def counts(*servers: FakeServer) -> list[int]:
+    return [len(s.fake.requests) for s in servers]
+
+
+def test_a_shared_prefix_stays_on_one_replica_and_other_prefixes_spread(
+    trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
+) -> None:
+    service = start_service(*trio)  # prefix_affinity is the default
+    try:
+        doc = document("handbook")
+        for i in range(6):
+            assert ask_about(service, doc, f"Question {i}?", stream=i % 2 == 0).status_code == 200
+        assert sorted(counts(*trio)) == [0, 0, 6]
+        for s in trio:
+            s.fake.reset()
+        for i in range(6):
+            assert ask_about(service, document(f"doc{i}"), "Summary?").status_code == 200
+        assert counts(*trio) == [2, 2, 2]  # unknown prefixes: the least loaded, in turns
+    finally:
+        service.close()
+
+
+def test_least_inflight_spreads_a_shared_prefix(
+    trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
+) -> None:
+    service = start_service(*trio, routing="least_inflight")
+    try:
+        for i in range(6):
+            assert ask_about(service, document("handbook"), f"Q{i}?").status_code == 200
+        assert counts(*trio) == [2, 2, 2]
+    finally:
+        service.close()
+
+
+def test_a_killed_replica_costs_no_request_and_its_prefixes_move(
+    trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
+) -> None:
+    service = start_service(*trio)
+    doc = document("runbook")
+    try:
+        assert ask_about(service, doc, "First?").status_code == 200
+        owner = next(s for s in trio if s.fake.requests)
+        port = owner.port
+        owner.close()
+        for i, stream in enumerate((True, False, True, True)):
+            resp = ask_about(service, doc, f"Again {i}?", stream=stream)
+            assert resp.status_code == 200  # retried on another replica before the first token
+            if stream:
+                assert parse_frames(resp.text)[-1].raw == "[DONE]"
+        alive = [s for s in trio if s is not owner]
+        assert sorted(counts(*alive)) == [0, 4]  # the prefix moved to one replica, whole
+        heir = next(s for s in alive if s.fake.requests)
+        revived = FakeServer(port=port)
+        try:
+            time.sleep(COOLDOWN + 0.2)  # the old owner is back and cooled down
+            for i in range(3):
+                assert ask_about(service, doc, f"Later {i}?").status_code == 200
+            assert len(revived.fake.requests) == 0  # the prefix stays with its heir
+            assert len(heir.fake.requests) == 7
+        finally:
+            revived.close()
+    finally:
+        service.close()
+
+
+def test_a_session_header_or_user_keeps_a_conversation_on_one_replica(
+    trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
+) -> None:
+    service = start_service(*trio)
+    try:
+        for i in range(4):  # different documents, one session
+            resp = ask_about(service, document(f"d{i}"), "Q?", headers={"X-Session-ID": "alice"})
+            assert resp.status_code == 200
+        assert sorted(counts(*trio))[-1] == 4
+        for s in trio:
+            s.fake.reset()
+        for i in range(4):  # OpenAI's user field does the same
+            assert ask_about(service, document(f"e{i}"), "Q?", user="bob").status_code == 200
+        assert sorted(counts(*trio))[-1] == 4
+        for s in trio:
+            s.fake.reset()
+        for i in range(12):  # sessions spread over the replicas
+            resp = ask_about(service, document("same"), "Q?", headers={"X-Session-ID": f"s{i}"})
+            assert resp.status_code == 200
+        assert sum(1 for n in counts(*trio) if n) >= 2
+    finally:
+        service.close()
+
+
+def test_load_reported_by_metrics_moves_a_prefix_off_a_busy_replica(
+    pair: tuple[FakeServer, FakeServer], transport: str
+) -> None:
+    a, b = pair
+    a.fake.load_metrics = b.fake.load_metrics = (0, 0)
+    service = start_service(a, b, replica_metrics_interval=0.1)
+    doc = document("faq")
+    try:
+        assert ask_about(service, doc, "One?").status_code == 200
+        owner, other = (a, b) if a.fake.requests else (b, a)
+        assert ask_about(service, doc, "Two?").status_code == 200
+        assert len(owner.fake.requests) == 2  # affinity while both are idle
+        owner.fake.load_metrics = (8, 20)  # other clients keep it busy
+        time.sleep(0.5)  # a few polls
+        assert ask_about(service, doc, "Three?").status_code == 200
+        assert len(other.fake.requests) == 1
+    finally:
+        service.close()

@@ -151,14 +151,18 @@ def test_a_down_tried_or_gone_owner_is_skipped_and_its_prefixes_move() -> None:
 
 
 def test_the_table_is_bounded_and_forgets_the_least_recently_used() -> None:
-    p, reps = policy(table_size=10), replicas()
-    first = chat("first " * 40)  # 240 chars: 3 blocks
-    owner = route(p, reps, first)
-    for i in range(4):
+    p, reps = policy(table_size=12), replicas()
+    kept, dropped = chat("kept " * 50), chat("dropped " * 30)  # 3 blocks each
+    for prompt in (kept, dropped):
+        route(p, reps, prompt)
+    for i in range(6):
+        route(p, reps, kept)  # used again and again: stays
         route(p, reps, chat(f"other {i} " * 30))
-    assert len(p.table) == 10
-    assert not set(p.key(first, None).blocks) & set(p.table)  # type: ignore[union-attr]
-    assert owner is not None
+        assert p.table_entries <= 12 + 3
+    kept_blocks = p.key(kept, None).blocks  # type: ignore[union-attr]
+    dropped_blocks = p.key(dropped, None).blocks  # type: ignore[union-attr]
+    assert all(p.owner(h) is not None for h in kept_blocks)
+    assert all(p.owner(h) is None for h in dropped_blocks)
 
 
 # --- session affinity ---------------------------------------------------------------------
