@@ -10,8 +10,9 @@ server will see it (roles and contents), is cut into blocks of ``block_chars`` c
 block ``i`` is known by the chained hash ``h_i = hash((h_{i-1}, block_i))``, so a hash names
 the whole prefix up to its block. A bounded table maps these hashes to the replica last
 sent them, forgetting the least recently used first (two generations of dicts: a hash used
-since the last turn-over is kept, the rest goes at the next). Characters rather than tokens: no tokenizer on the hot path, and a prefix of
-equal characters is a prefix of equal tokens up to the token that straddles the cut.
+since the last turn-over is kept, the rest goes at the next). Characters rather than
+tokens: no tokenizer on the hot path, and a prefix of equal characters is a prefix of equal
+tokens up to the token that straddles the cut.
 
 A session key (a request header, else OpenAI's ``user`` field) takes precedence: its
 requests go to one replica chosen by rendezvous hashing, the same in every process.
