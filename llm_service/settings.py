@@ -232,7 +232,7 @@ class Settings(BaseSettings):
         100_000,
         ge=1,
         description="prefix_affinity: most prompt blocks remembered (least recently used "
-        "forgotten first); about 200 bytes each.",
+        "forgotten first); about 100 bytes each.",
     )
     routing_balance: float = Field(
         1.5,

@@ -154,6 +154,7 @@ class PrefixAffinity(LeastInflight):
         self.slack = slack
         self._young: dict[int, Replica] = {}  # hashes used since the last turn-over
         self._old: dict[int, Replica] = {}  # the generation before, forgotten at the next
+        self._retired: dict[int, Replica] = {}  # the one before that, being freed
 
     @property
     def table_entries(self) -> int:
@@ -240,8 +241,14 @@ class PrefixAffinity(LeastInflight):
     def _remember(self, blocks: list[int], replica: Replica) -> None:
         young = self._young
         young.update(dict.fromkeys(blocks, replica))
+        retired = self._retired
+        # Freed a few at a time, as many as were added: dropping a generation of tens of
+        # thousands of entries at once would stall the event loop for a millisecond.
+        for _ in range(min(len(blocks), len(retired))):
+            retired.popitem()
         if len(young) * 2 >= self.table_size:
-            self._old, self._young = young, {}
+            retired.clear()  # (already empty: it drains as fast as `young` fills)
+            self._retired, self._old, self._young = self._old, young, {}
 
 
 RoutingPolicy = LeastInflight
