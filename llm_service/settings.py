@@ -247,6 +247,14 @@ class Settings(BaseSettings):
         description="prefix_affinity: requests a replica may have above the mean load before "
         "LLM_ROUTING_BALANCE applies (so that light load never breaks affinity).",
     )
+    routing_min_match: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="prefix_affinity: the known prefix must cover at least this fraction of "
+        "a prompt's blocks to choose its replica; a shorter one (a system prompt alone) "
+        "begins most prompts and is soon cached on every replica anyway.",
+    )
     routing_session_header: str = Field(
         "X-Session-ID",
         pattern=r"^[A-Za-z0-9-]*$",

@@ -71,6 +71,7 @@ def build_routing(settings: Settings) -> LeastInflight:
         table_size=settings.routing_table_size,
         balance=settings.routing_balance,
         slack=settings.routing_balance_slack,
+        min_match=settings.routing_min_match,
     )
 
 

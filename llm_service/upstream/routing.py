@@ -17,6 +17,10 @@ tokens up to the token that straddles the cut.
 A session key (a request header, else OpenAI's ``user`` field) takes precedence: its
 requests go to one replica chosen by rendezvous hashing, the same in every process.
 
+A prefix routes only when it covers at least ``min_match`` of the prompt's blocks (as
+SGLang's ``cache_threshold``): a shorter one, such as a system prompt alone, begins most
+prompts and is soon cached on every replica anyway.
+
 Either choice yields to load: a replica whose load exceeds ``max(mean * balance, mean +
 slack)`` is passed over for the least loaded one, as are replicas cooling down after a
 fault, gone from discovery, or already tried for this request. Entries that point at such a
@@ -26,6 +30,7 @@ replica are skipped and overwritten by the next choice, so a dead replica's pref
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -144,10 +149,14 @@ class PrefixAffinity(LeastInflight):
         table_size: int = 100_000,
         balance: float = 1.5,
         slack: int = 4,
+        min_match: float = 0.5,
     ) -> None:
         super().__init__()
         if block_chars < 1 or table_size < 1 or balance < 1.0 or slack < 0:
             raise ValueError("block_chars, table_size >= 1, balance >= 1, slack >= 0")
+        if not 0.0 <= min_match <= 1.0:
+            raise ValueError("min_match is a fraction, from 0 to 1")
+        self.min_match = min_match
         self.block_chars = block_chars
         self.table_size = table_size
         self.balance = balance
@@ -221,10 +230,15 @@ class PrefixAffinity(LeastInflight):
     def _by_prefix(
         self, tried: Sequence[Replica], blocks: list[int], now: float, bound: float
     ) -> Replica | None:
-        """The replica of the deepest known block that is usable and in bounds."""
+        """The replica of the deepest known block that is usable and in bounds, if that
+        block covers ``min_match`` of the prompt."""
         young, old = self._young.get, self._old.get
         rejected: Replica | None = None
-        for h in reversed(blocks):
+        # Shallower matches are not worth a choice: a prefix that short (a system prompt
+        # alone) is shared by most prompts and so cached on every replica soon enough;
+        # routing by it would only pile requests onto one replica.
+        shallowest = max(0, math.ceil(len(blocks) * self.min_match) - 1)
+        for h in reversed(blocks[shallowest:]):
             replica = young(h) or old(h)
             if replica is None or replica is rejected:
                 continue
@@ -262,12 +276,17 @@ def make_policy(
     table_size: int = 100_000,
     balance: float = 1.5,
     slack: int = 4,
+    min_match: float = 0.5,
 ) -> LeastInflight:
     """The policy called ``name`` (one of ``POLICIES``)."""
     if name == "least_inflight":
         return LeastInflight()
     if name == "prefix_affinity":
         return PrefixAffinity(
-            block_chars=block_chars, table_size=table_size, balance=balance, slack=slack
+            block_chars=block_chars,
+            table_size=table_size,
+            balance=balance,
+            slack=slack,
+            min_match=min_match,
         )
     raise ValueError(f"unknown routing policy {name!r}; one of {', '.join(POLICIES)}")

@@ -113,6 +113,16 @@ def test_the_deepest_known_prefix_wins() -> None:
     assert route(p, reps, chat(SYSTEM, "doc D " * 40)) is deep
 
 
+def test_a_prefix_covering_less_than_min_match_does_not_route() -> None:
+    p, reps = policy(min_match=0.5), replicas()
+    # The shared system prompt is a third of each prompt: documents spread as if unknown.
+    chosen = [route(p, reps, chat(SYSTEM, f"document {i} " * 80)) for i in range(6)]
+    assert len(set(chosen)) == 3
+    # With no minimum, the system prompt alone pulls them all to one replica.
+    q, reps = policy(min_match=0.0), replicas()
+    assert len({route(q, reps, chat(SYSTEM, f"document {i} " * 80)) for i in range(6)}) == 1
+
+
 def test_an_overloaded_owner_is_passed_over_for_the_least_loaded() -> None:
     p, reps = policy(balance=1.5, slack=2), replicas()
     owner = route(p, reps, chat(SYSTEM, "q"))
