@@ -141,7 +141,10 @@ class DnsDiscovery:
         """Refresh every ``refresh`` seconds until cancelled."""
         while True:
             await asyncio.sleep(self.refresh)
-            await self.refresh_once()
+            try:
+                await self.refresh_once()
+            except Exception:  # a surprise must not end the refreshes for good
+                log.exception("replica look-up of %s failed", self.host)
 
 
 def reported_load(text: str) -> int | None:
@@ -187,5 +190,8 @@ class MetricsPoller:
     async def run(self) -> None:
         """Poll every ``interval`` seconds until cancelled."""
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # a surprise must not end the polls for good
+                log.exception("metrics poll failed")
             await asyncio.sleep(self.interval)
