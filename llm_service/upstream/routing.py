@@ -198,17 +198,20 @@ class PrefixAffinity(LeastInflight):
                 total += replica.load
                 up += 1
         chosen: Replica | None = None
+        known = 0  # the prompt's blocks from this one on are (re)recorded
         if up:
             mean = total / up
             bound = max(mean * self.balance, mean + self.slack)
             if key.session is not None:
                 chosen = self._by_session(replicas, tried, key.session, now, bound)
             elif key.blocks:
-                chosen = self._by_prefix(tried, key.blocks, now, bound)
+                chosen, known = self._by_prefix(tried, key.blocks, now, bound)
         if chosen is None:
             chosen = self.least_loaded(replicas, tried, now)
         if key.blocks:
-            self._remember(key.blocks, chosen)
+            # Blocks above the deepest known one keep their replica, which holds them
+            # too: rewriting them would cost a look-up each for nothing.
+            self._remember(key.blocks[known:] if known else key.blocks, chosen)
         return chosen
 
     def _by_session(
@@ -229,36 +232,42 @@ class PrefixAffinity(LeastInflight):
 
     def _by_prefix(
         self, tried: Sequence[Replica], blocks: list[int], now: float, bound: float
-    ) -> Replica | None:
+    ) -> tuple[Replica | None, int]:
         """The replica of the deepest known block that is usable and in bounds, if that
-        block covers ``min_match`` of the prompt."""
+        block covers ``min_match`` of the prompt; and the index of the deepest known block
+        (0 if none)."""
         young, old = self._young.get, self._old.get
         rejected: Replica | None = None
+        known = 0
         # Shallower matches are not worth a choice: a prefix that short (a system prompt
         # alone) is shared by most prompts and so cached on every replica soon enough;
         # routing by it would only pile requests onto one replica.
         shallowest = max(0, math.ceil(len(blocks) * self.min_match) - 1)
-        for h in reversed(blocks[shallowest:]):
+        for i in range(len(blocks) - 1, shallowest - 1, -1):
+            h = blocks[i]
             replica = young(h) or old(h)
             if replica is None or replica is rejected:
                 continue
+            known = known or i
             if (
                 replica.active
                 and replica.down_until <= now
                 and replica not in tried
                 and replica.load <= bound
             ):
-                return replica
+                return replica, known
             rejected = replica  # shallower blocks mostly name the same one: skip it cheaply
-        return None
+        return None, known
 
     def _remember(self, blocks: list[int], replica: Replica) -> None:
         young = self._young
+        before = len(young)
         young.update(dict.fromkeys(blocks, replica))
         retired = self._retired
-        # Freed a few at a time, as many as were added: dropping a generation of tens of
-        # thousands of entries at once would stall the event loop for a millisecond.
-        for _ in range(min(len(blocks), len(retired))):
+        # Freed a few at a time, as many as `young` grew: dropping a generation of tens of
+        # thousands of entries at once would stall the event loop for a millisecond, and
+        # at this pace `retired` is empty by the time `young` is full.
+        for _ in range(min(len(young) - before, len(retired))):
             retired.popitem()
         if len(young) * 2 >= self.table_size:
             retired.clear()  # (already empty: it drains as fast as `young` fills)

@@ -109,8 +109,9 @@ def test_the_deepest_known_prefix_wins() -> None:
     # the system prompt's blocks now name `other`; the conversation's deeper ones `deep`
     assert route(p, reps, chat(SYSTEM, "doc C " * 40)) is other
     assert route(p, reps, chat(*conversation, "follow-up " * 10)) is deep
-    # ... which a prompt's choice then records for all its blocks (the last one sent wins)
-    assert route(p, reps, chat(SYSTEM, "doc D " * 40)) is deep
+    # ... and routing the conversation there rewrote only its blocks from the deepest known
+    # one on: the system prompt's last block still names `other`, which holds it too
+    assert route(p, reps, chat(SYSTEM, "doc D " * 40)) is other
 
 
 def test_a_prefix_covering_less_than_min_match_does_not_route() -> None:
@@ -171,7 +172,8 @@ def test_the_table_is_bounded_and_forgets_the_least_recently_used() -> None:
         assert p.table_entries <= 12 + 3
     kept_blocks = p.key(kept, None).blocks  # type: ignore[union-attr]
     dropped_blocks = p.key(dropped, None).blocks  # type: ignore[union-attr]
-    assert all(p.owner(h) is not None for h in kept_blocks)
+    # a prompt seen again refreshes its deepest known block (what routes it) and deeper
+    assert p.owner(kept_blocks[-1]) is route(p, reps, kept)
     assert all(p.owner(h) is None for h in dropped_blocks)
 
 
