@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,7 +208,7 @@ class Replica:
 
     # --- the engine ------------------------------------------------------------------------
 
-    async def generate(self, tokens: Sequence[str], max_tokens: int) -> AsyncIterator[str]:
+    async def generate(self, tokens: Sequence[str], max_tokens: int) -> AsyncGenerator[str, None]:
         """Wait for a slot, prefill what is not cached, then yield ``max_tokens`` words."""
         self.waiting += 1
         try:
@@ -311,7 +311,8 @@ class Replica:
             self._active.add(transport)
         try:
             if not body.get("stream"):
-                words = [w async for w in self.generate(tokens, max_tokens)]
+                async with contextlib.aclosing(self.generate(tokens, max_tokens)) as stream:
+                    words = [w async for w in stream]
                 text = "".join(words)
                 choice: dict[str, Any] = (
                     {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -331,40 +332,51 @@ class Replica:
                 )
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
-            obj = f"{kind}.chunk" if chat else kind
-            first = True
-            async for word in self.generate(tokens, max_tokens):
-                if chat:
-                    delta: dict[str, Any] = {"content": word}
-                    if first:  # vLLM's first chunk carries the role, after the prefill
-                        await resp.write(
-                            _sse(rid, obj, created, {"delta": {"role": "assistant", "content": ""}})
-                        )
-                    part: dict[str, Any] = {"delta": delta}
-                else:
-                    part = {"text": word}
-                first = False
-                await resp.write(_sse(rid, obj, created, part))
-            end: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
-            end["finish_reason"] = "length"
-            await resp.write(_sse(rid, obj, created, end))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                await resp.write(
-                    b"data: "
-                    + json.dumps(
-                        {
-                            "id": rid,
-                            "object": obj,
-                            "created": created,
-                            "model": MODEL,
-                            "choices": [],
-                            "usage": _usage(len(tokens), max_tokens),
-                        }
-                    ).encode()
-                    + b"\n\n"
-                )
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
+            try:
+                obj = f"{kind}.chunk" if chat else kind
+                first = True
+                # Closed at once when the client goes away (or this replica is killed), so that
+                # the sequence leaves its slot then, not when the generator is collected.
+                async with contextlib.aclosing(self.generate(tokens, max_tokens)) as stream:
+                    async for word in stream:
+                        if chat:
+                            delta: dict[str, Any] = {"content": word}
+                            if first:  # vLLM's first chunk carries the role, after the prefill
+                                await resp.write(
+                                    _sse(
+                                        rid,
+                                        obj,
+                                        created,
+                                        {"delta": {"role": "assistant", "content": ""}},
+                                    )
+                                )
+                            part: dict[str, Any] = {"delta": delta}
+                        else:
+                            part = {"text": word}
+                        first = False
+                        await resp.write(_sse(rid, obj, created, part))
+                end: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+                end["finish_reason"] = "length"
+                await resp.write(_sse(rid, obj, created, end))
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    await resp.write(
+                        b"data: "
+                        + json.dumps(
+                            {
+                                "id": rid,
+                                "object": obj,
+                                "created": created,
+                                "model": MODEL,
+                                "choices": [],
+                                "usage": _usage(len(tokens), max_tokens),
+                            }
+                        ).encode()
+                        + b"\n\n"
+                    )
+                await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+            except ConnectionResetError:  # the client went away, or this replica was killed
+                pass
             return resp
         finally:
             if transport is not None:
