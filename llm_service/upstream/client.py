@@ -265,7 +265,6 @@ class UpstreamClient:
         retried = False
         redact = self.redactor
         url, basic = url_credentials(url)
-        via = self.proxies.aiohttp_kwargs(url)
         while True:
             headers = await self._headers(session, extra_headers, basic)
             try:
@@ -273,10 +272,9 @@ class UpstreamClient:
                     method,
                     url,
                     data=data,
-                    headers=headers,
                     timeout=limits or self.timeout,
                     allow_redirects=False,  # a redirect would carry the prompt and the key away
-                    **via,
+                    **self.proxies.aiohttp_kwargs(url, headers),
                 )
             except aiohttp.ClientProxyConnectionError as exc:
                 raise proxy.unreachable(os_reason(exc.os_error)) from None
@@ -433,7 +431,9 @@ class UpstreamClient:
             except ProxyError as exc:
                 if exc.status is not None:
                     raise proxy.refused(exc.status) from None
-                raise proxy.unreachable(exc.reason) from None
+                if exc.unreachable:
+                    raise proxy.unreachable(exc.reason) from None
+                raise proxy.failed(exc.reason) from None
             except ConnectTimeout:
                 raise faults.connect_timeout(self.connect_timeout) from None
             except CertificateError as exc:

@@ -7,13 +7,15 @@ settings (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``, read in ``settings.py``
 ``urllib.request.proxy_bypass_environment`` give it: comma-separated host names, each
 covering its subdomains (a leading dot changes nothing, case neither), ``host:port`` (that
 port only), IP addresses (IPv6 bracketed or not), ``*`` for every host; and, as curl and Go
-do, CIDR ranges (``10.0.0.0/8``) for hosts given by address.
+do, CIDR ranges (``10.0.0.0/8``) for hosts given by address, which are never matched by
+suffix.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -21,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from llm_service.errors import UpstreamError
 from llm_service.settings import Settings
-from llm_service.upstream.faults import ReplicaUnavailable
+from llm_service.upstream.faults import ReplicaFailed, ReplicaUnavailable
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,24 @@ class Proxies:
         proxy = self.for_url(url)
         return None if proxy is None else parse_proxy(proxy)
 
-    def aiohttp_kwargs(self, url: str) -> dict[str, Any]:
-        """``proxy`` and ``proxy_headers`` for an aiohttp request to ``url`` (nothing when
-        it goes direct): the credentials go as a header, not in the URL aiohttp would log."""
+    def aiohttp_kwargs(self, url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``headers``, ``proxy`` and ``proxy_headers`` for an aiohttp request to ``url``.
+
+        The proxy's credentials go where aiohttp sends them: in ``proxy_headers`` for the
+        CONNECT of an https request, among the request's headers for plain http (aiohttp
+        adds ``proxy_headers`` to CONNECT only). Never in the proxy URL it may log."""
+        kwargs: dict[str, Any] = {"headers": headers}
         proxy = self.proxy_for(url)
         if proxy is None:
-            return {}
-        if proxy.authorization is None:
-            return {"proxy": proxy.url}
-        return {"proxy": proxy.url, "proxy_headers": {"Proxy-Authorization": proxy.authorization}}
+            return kwargs
+        kwargs["proxy"] = proxy.url
+        if proxy.authorization is not None:
+            credentials = {"Proxy-Authorization": proxy.authorization}
+            if urlsplit(url).scheme == "https":
+                kwargs["proxy_headers"] = credentials
+            else:
+                kwargs["headers"] = {**(headers or {}), **credentials}
+        return kwargs
 
 
 def no_proxy_matches(no_proxy: str, host: str, port: int) -> bool:
@@ -121,8 +132,8 @@ def no_proxy_matches(no_proxy: str, host: str, port: int) -> bool:
         if entry_port is not None and entry_port != port:
             continue
         name = name.lstrip(".")
-        if name and (host == name or host.endswith(f".{name}")):
-            return True
+        if host == name or (address is None and name and host.endswith(f".{name}")):
+            return True  # an address is matched whole (or by CIDR): 0.0.1 is no suffix
     return False
 
 
@@ -144,6 +155,11 @@ def unreachable(reason: str) -> ReplicaUnavailable:
     """The proxy could not be reached (refused, DNS, timed out): 503, and nothing was tried
     without it."""
     return ReplicaUnavailable(f"proxy unreachable ({reason}); the model server was not reached")
+
+
+def failed(reason: str) -> ReplicaFailed:
+    """The proxy broke the protocol (its answer to CONNECT is not HTTP, ...): 502."""
+    return ReplicaFailed(f"proxy failed ({reason}); the model server was not reached")
 
 
 def refused(status: int) -> UpstreamError:

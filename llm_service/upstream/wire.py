@@ -63,13 +63,16 @@ class CertificateError(WireError):
 
 
 class ProxyError(WireError):
-    """The proxy failed: unreachable (``status`` None, ``reason`` says why), or it answered
-    a CONNECT with ``status`` instead of opening the tunnel."""
+    """The proxy failed: ``unreachable`` (``reason`` says why), answered a CONNECT with
+    ``status`` instead of opening the tunnel, or broke the protocol (``reason``)."""
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self, reason: str, status: int | None = None, *, unreachable: bool = False
+    ) -> None:
         super().__init__(f"proxy: {reason}")
         self.reason = reason
         self.status = status
+        self.unreachable = unreachable
 
 
 class ConnectTimeout(WireError):
@@ -560,7 +563,7 @@ class StreamPool:
                         lambda: _Tunnel(loop), proxy.host, proxy.port
                     )
                 except OSError as exc:
-                    raise ProxyError(os_reason(exc)) from None
+                    raise ProxyError(os_reason(exc), unreachable=True) from None
                 try:
                     raw.write(_connect_request(host, port, proxy))
                     status = await tunnel.answer()
@@ -572,7 +575,7 @@ class StreamPool:
                     raw.close()
                     raise
         except TimeoutError:
-            raise ProxyError("timed out") from None
+            raise ProxyError("timed out", unreachable=True) from None
         except ssl.SSLCertVerificationError as exc:
             raise CertificateError(exc) from None
         except OSError as exc:  # the TLS handshake with the model server, in the tunnel
@@ -602,16 +605,16 @@ class _Tunnel(asyncio.Protocol):
             if len(self._head) > MAX_HEAD_BYTES:
                 self._answer.set_exception(ProxyError("sent an endless answer to CONNECT"))
             return
-        if end + 4 != len(self._head):  # nothing may follow before TLS starts
-            self._answer.set_exception(ProxyError("sent data after its answer to CONNECT"))
-            return
         status_line = self._head.split(b"\r\n", 1)[0].split(None, 2)
         if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
             self._answer.set_exception(ProxyError("answered CONNECT with what is not HTTP"))
         elif not status_line[1].isdigit():
             self._answer.set_exception(ProxyError("answered CONNECT with a bad status"))
+        elif status_line[1] == b"200" and end + 4 != len(self._head):
+            # Nothing may come between the tunnel's opening and the server's TLS answer.
+            self._answer.set_exception(ProxyError("sent data after opening the tunnel"))
         else:
-            self._answer.set_result(int(status_line[1]))
+            self._answer.set_result(int(status_line[1]))  # a refusal's body is not read
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._answer.done():
