@@ -153,6 +153,7 @@ class UpstreamClient:
             client_cert=tls_client_cert,
             client_key=tls_client_key,
         )
+        self._client_cert = tls_client_cert is not None
         self._shared: Connections | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._per_loop: dict[asyncio.AbstractEventLoop, Connections] = {}
@@ -297,6 +298,8 @@ class UpstreamClient:
                 raise faults.unreachable(exc.os_error, redact) from None
             except aiohttp.ClientResponseError as exc:  # not HTTP, or a head past the limits
                 raise faults.bad_http(exc.message, redact) from None
+            except aiohttp.ServerDisconnectedError as exc:
+                raise self._closed_early(url, exc) from None
             except aiohttp.ClientError as exc:
                 raise faults.broke(exc, redact) from None
             if resp.status < 300:
@@ -315,6 +318,22 @@ class UpstreamClient:
                 retried = True
                 continue
             raise faults.status_error(resp.status, body, resp.headers.get("Retry-After"), redact)
+
+    def _closed_early(self, url: str, exc: Exception) -> faults.ReplicaFailed:
+        """The connection broke before the answer. Over TLS that is also how a server that
+        requires a client certificate refuses one (TLS 1.3 finishes the client's handshake
+        before the server checks it, and the alert is not reported): the message says so."""
+        fault = faults.broke(exc, self.redactor)
+        if not url.startswith("https:"):
+            return fault
+        advice = (
+            "check that LLM_TLS_CLIENT_CERT is signed by a CA it trusts"
+            if self._client_cert
+            else "set LLM_TLS_CLIENT_CERT (and LLM_TLS_CLIENT_KEY)"
+        )
+        return faults.ReplicaFailed(
+            f"{fault.message} (if the server requires a TLS client certificate, {advice})"
+        )
 
     async def chat(
         self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -447,7 +466,7 @@ class UpstreamClient:
             except BadResponse as exc:
                 raise faults.bad_http(exc, redact) from None
             except WireError as exc:
-                raise faults.broke(exc, redact) from None
+                raise self._closed_early(url, exc) from None
             if conn.status < 300:
                 return conn
             if conn.status < 400 or conn.status == 407:

@@ -9,6 +9,7 @@ ignores all of it. The proxy's access log proves what went through it."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,7 +187,9 @@ def test_proxy_credentials_and_a_407(
     https_fake: FakeServer,
     ca_file: Path,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     guarded = ForwardProxy(tmp_path, auth="scott:tiger-pw")
     try:
         wrong = guarded.url.replace("tiger-pw", "wrong-pw")
@@ -205,6 +208,9 @@ def test_proxy_credentials_and_a_407(
                 message = resp.json()["error"]["message"]
                 assert "407 Proxy Authentication Required" in message
                 assert "wrong-pw" not in resp.text
+        logs = "\n".join(record.getMessage() for record in caplog.records)
+        assert "407" in logs  # the refusals were logged, without the passwords
+        assert "tiger-pw" not in logs and "wrong-pw" not in logs
     finally:
         guarded.close()
 
@@ -239,6 +245,7 @@ def test_the_oauth_token_endpoint_goes_through_the_proxy(
             vllm_client_id="svc",
             vllm_client_secret="proxied-secret",
         )
+        assert ready.status_code == 503
         assert streamed.status_code == 503
         assert "OAuth token endpoint" in streamed.json()["error"]["message"]
         assert len(issuer.issued) == issued
