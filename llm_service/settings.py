@@ -331,23 +331,23 @@ class Settings(BaseSettings):
     http_proxy: str | None = Field(
         None,
         validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"),
-        description="Proxy for http:// model servers and token endpoints (an http:// URL, "
-        "credentials allowed: http://user:pass@proxy:3128). Read unless "
-        "LLM_UPSTREAM_TRUST_ENV=false.",
+        description="Proxy for http:// model servers and token endpoints: an http:// URL, "
+        "credentials allowed (http://user:pass@proxy:3128). Also read as http_proxy; "
+        "ignored when LLM_UPSTREAM_TRUST_ENV=false.",
     )
     https_proxy: str | None = Field(
         None,
         validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy"),
-        description="Proxy for https:// model servers and token endpoints, reached with "
-        "CONNECT (an http:// URL, credentials allowed). Read unless "
+        description="Proxy for https:// model servers and token endpoints, through a CONNECT "
+        "tunnel: an http:// URL, credentials allowed. Also read as https_proxy; ignored when "
         "LLM_UPSTREAM_TRUST_ENV=false.",
     )
     no_proxy: str | None = Field(
         None,
         validation_alias=AliasChoices("NO_PROXY", "no_proxy"),
-        description="Hosts reached directly despite a proxy: comma-separated host names "
-        "(a name covers its subdomains; a leading dot is ignored), host:port, IP addresses, "
-        "CIDR ranges, or * for all.",
+        description="Hosts reached directly despite a proxy, comma-separated: host names "
+        "(each covers its subdomains; a leading dot is ignored), host:port, IP addresses, "
+        "CIDR ranges, or * for all. Also read as no_proxy.",
     )
     tls_client_cert: FilePath | None = Field(
         None,
