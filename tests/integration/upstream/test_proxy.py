@@ -254,30 +254,35 @@ def test_the_oauth_token_endpoint_goes_through_the_proxy(
         token_http.close()
 
 
-def test_chatopenai_goes_through_the_same_proxy(
-    transport: str, fake: FakeOpenAI, fake_server: FakeServer, forward_proxy: ForwardProxy
+@pytest.mark.parametrize(
+    ("mode", "path"),
+    [
+        ({"model_client": "chatopenai"}, CHAT),
+        ({"model_api": "completions", "model_server": "vllm"}, "/v1/completions"),
+    ],
+    ids=["chatopenai", "vllmopenai"],
+)
+def test_the_openai_sdk_clients_go_through_the_same_proxy(
+    transport: str,
+    mode: dict[str, str],
+    path: str,
+    fake: FakeOpenAI,
+    fake_server: FakeServer,
+    forward_proxy: ForwardProxy,
 ) -> None:
-    origin = f"127.0.0.1:{fake_server.port}"
-    before = forward_proxy.wait_for("POST", f"{origin}{CHAT}", timeout=0)
-    _, streamed, whole = run(
-        fake_server.url, http_proxy=forward_proxy.url, model_client="chatopenai"
-    )
+    target = f"127.0.0.1:{fake_server.port}{path}"
+    before = forward_proxy.wait_for("POST", target, timeout=0)
+    _, streamed, whole = run(fake_server.url, http_proxy=forward_proxy.url, **mode)
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
     assert whole.status_code == 200, whole.text
-    assert forward_proxy.wait_for("POST", f"{origin}{CHAT}", before + 2) >= before + 2
-    # ... and it is as blind to a proxy that is switched off as the lean client.
-    assert ask_chatopenai_direct(fake_server.url).status_code == 200
+    assert forward_proxy.wait_for("POST", target, before + 2) >= before + 2
+    # ... and they are as blind to a proxy that is switched off as the lean client.
+    assert ask_direct(fake_server.url, **mode).status_code == 200
 
 
-def ask_chatopenai_direct(url: str) -> httpx.Response:
+def ask_direct(url: str, **mode: str) -> httpx.Response:
     service = ServiceServer(
-        settings_for(
-            url,
-            startup_wait=0,
-            model_client="chatopenai",
-            http_proxy=dead_proxy(),
-            upstream_trust_env=False,
-        )
+        settings_for(url, startup_wait=0, http_proxy=dead_proxy(), upstream_trust_env=False, **mode)
     )
     try:
         return ask(service, True)
