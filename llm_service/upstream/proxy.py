@@ -44,7 +44,9 @@ class Proxies:
     http: str | None = None
     https: str | None = None
     no_proxy: str | None = None
-    _bypass_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _bypass_cache: dict[str, bool] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Proxies:
