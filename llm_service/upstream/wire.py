@@ -567,7 +567,7 @@ class StreamPool:
                 try:
                     raw.write(_connect_request(host, port, proxy))
                     status = await tunnel.answer()
-                    if status != 200:
+                    if not 200 <= status < 300:  # any 2xx opens the tunnel (RFC 9110, 9.3.6)
                         raise ProxyError(f"answered CONNECT with {status}", status)
                     conn = StreamConnection(loop, origin)
                     tls = await loop.start_tls(raw, conn, self.ssl_context, server_hostname=host)
@@ -610,7 +610,7 @@ class _Tunnel(asyncio.Protocol):
             self._answer.set_exception(ProxyError("answered CONNECT with what is not HTTP"))
         elif not status_line[1].isdigit():
             self._answer.set_exception(ProxyError("answered CONNECT with a bad status"))
-        elif status_line[1] == b"200" and end + 4 != len(self._head):
+        elif status_line[1].startswith(b"2") and end + 4 != len(self._head):
             # Nothing may come between the tunnel's opening and the server's TLS answer.
             self._answer.set_exception(ProxyError("sent data after opening the tunnel"))
         else:
