@@ -1,7 +1,7 @@
 """Mutual TLS towards the model server: an HTTPS fake server that requires a client
 certificate signed by a private CA (trustme). LLM_TLS_CLIENT_CERT (and LLM_TLS_CLIENT_KEY)
-give the service one, on every path (streams, whole answers, /v1/models, ChatOpenAI);
-without it the request fails with a message that says what to set."""
+give the service one, on every path (streams, whole answers, /v1/models, ChatOpenAI),
+through a proxy's tunnel too; without it the request fails with a message that says what to set."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import trustme
 
 from llm_service.settings import Settings, SettingsError
+from tests.support.forward_proxy import ForwardProxy
 from tests.support.servers import FakeServer, ServiceServer, settings_for
 
 
@@ -108,6 +109,24 @@ def test_without_a_client_certificate_the_request_fails_and_says_why(
         message = resp.json()["error"]["message"]
         assert "client certificate" in message and "LLM_TLS_CLIENT_CERT" in message
     assert len(mtls_fake.fake.requests) == before
+
+
+def test_the_client_certificate_is_shown_through_a_proxy_tunnel(
+    transport: str, mtls_fake: FakeServer, files: dict[str, Path], tmp_path: Path
+) -> None:
+    proxy = ForwardProxy(tmp_path)
+    try:
+        responses = run(
+            mtls_fake.url,
+            https_proxy=proxy.url,
+            tls_ca_bundle=files["ca"],
+            tls_client_cert=files["both"],
+        )
+        for resp in responses:
+            assert resp.status_code == 200, resp.text
+        assert proxy.wait_for("CONNECT", f"127.0.0.1:{mtls_fake.port}", 2) >= 2
+    finally:
+        proxy.close()
 
 
 def test_bad_client_certificate_settings_stop_startup(
