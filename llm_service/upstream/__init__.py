@@ -7,6 +7,7 @@ from pydantic import SecretStr
 from llm_service.settings import Settings
 from llm_service.upstream.auth import Auth, OAuthClientCredentials, StaticKeyAuth
 from llm_service.upstream.client import UpstreamClient
+from llm_service.upstream.proxy import Proxies
 from llm_service.upstream.redact import Redactor, secrets_of_url
 from llm_service.upstream.sse import Chunk
 
@@ -34,6 +35,7 @@ def build_redactor(settings: Settings, base_url: str) -> Redactor:
             raw = value.get_secret_value()
             secrets += [raw, *(part.strip() for part in raw.split(","))]
     secrets += secrets_of_url(base_url) + secrets_of_url(settings.vllm_token_url)
+    secrets += secrets_of_url(settings.http_proxy) + secrets_of_url(settings.https_proxy)
     return Redactor(secrets)
 
 
@@ -53,6 +55,9 @@ def build_client(settings: Settings, base_url: str) -> UpstreamClient:
         connections=settings.upstream_connections,
         tls_skip_verify=settings.tls_skip_verify,
         tls_ca_bundle=settings.tls_ca_bundle,
+        tls_client_cert=settings.tls_client_cert,
+        tls_client_key=settings.tls_client_key,
+        proxies=Proxies.from_settings(settings),
         replica_cooldown=settings.replica_cooldown,
     )
 

@@ -3,7 +3,9 @@
 Streams go over the lean transport in ``wire.py`` (the per-token hot path) and come back as
 an ``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
 aiohttp. Both share the replicas' failover (``failover.py``), the credentials (``auth.py``),
-one TLS context (``tls.py``) and one error mapping (``faults.py``).
+one TLS context (``tls.py``, with the client certificate of mutual TLS), one choice of
+proxy (``proxy.py``) and one error mapping (``faults.py``). Credentials in a replica's URL
+become an ``Authorization: Basic`` header on both paths, unless the auth gives one.
 
 What a model server sends is read within limits (whole replies, error bodies, response
 heads, stream lines) and never followed elsewhere (no redirects); the text of its errors
@@ -25,8 +27,8 @@ import orjson
 
 from llm_service.errors import UpstreamError, UpstreamTimeout
 from llm_service.settings import Settings
-from llm_service.upstream import faults
-from llm_service.upstream.auth import Auth
+from llm_service.upstream import faults, proxy
+from llm_service.upstream.auth import Auth, url_credentials
 from llm_service.upstream.bounded import (
     ERROR_BODY_BYTES,
     ERROR_BODY_SECONDS,
@@ -35,7 +37,8 @@ from llm_service.upstream.bounded import (
     read_error_body,
 )
 from llm_service.upstream.failover import Replica, ReplicaSet
-from llm_service.upstream.faults import message_of
+from llm_service.upstream.faults import message_of, os_reason
+from llm_service.upstream.proxy import Proxies
 from llm_service.upstream.redact import Redactor, safe_url
 from llm_service.upstream.sse import Chunk, ChunkParser
 from llm_service.upstream.stream import UpstreamStream
@@ -45,6 +48,7 @@ from llm_service.upstream.wire import (
     CertificateError,
     ConnectFailed,
     ConnectTimeout,
+    ProxyError,
     ReadTimeout,
     StreamConnection,
     StreamPool,
@@ -96,6 +100,10 @@ class UpstreamClient:
     first chunk of a stream), ``idle_timeout`` (silence between chunks once a stream has
     started), ``total_timeout`` (the whole request).
 
+    ``proxies`` (from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) choose the proxy of
+    every request, the token endpoint's included; ``tls_client_cert`` and
+    ``tls_client_key`` are the certificate shown to servers that ask for one.
+
     Limits on what the server sends: ``max_response_bytes`` (a whole answer or a JSON
     reply), ``max_line_bytes`` (one line of a stream); error bodies are read up to
     ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES``. Every text
@@ -115,6 +123,9 @@ class UpstreamClient:
         connections: int = 512,
         tls_skip_verify: bool = False,
         tls_ca_bundle: str | Path | None = None,
+        tls_client_cert: str | Path | None = None,
+        tls_client_key: str | Path | None = None,
+        proxies: Proxies | None = None,
         replica_cooldown: float = 10.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         max_line_bytes: int = MAX_LINE_BYTES,
@@ -126,7 +137,8 @@ class UpstreamClient:
         self.base_url = self.replicas[0].url
         self.auth = auth or Auth()
         self.redactor = redactor or Redactor()
-        self.auth.bind(self.redactor)
+        self.proxies = proxies or Proxies()
+        self.auth.bind(self.redactor, self.proxies)
         self.max_response_bytes = max_response_bytes
         self.max_line_bytes = max_line_bytes
         self.timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
@@ -135,7 +147,13 @@ class UpstreamClient:
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.connections = connections
-        self.ssl = client_ssl_context(skip_verify=tls_skip_verify, ca_bundle=tls_ca_bundle)
+        self.ssl = client_ssl_context(
+            skip_verify=tls_skip_verify,
+            ca_bundle=tls_ca_bundle,
+            client_cert=tls_client_cert,
+            client_key=tls_client_key,
+        )
+        self._client_cert = tls_client_cert is not None
         self._shared: Connections | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._per_loop: dict[asyncio.AbstractEventLoop, Connections] = {}
@@ -156,10 +174,14 @@ class UpstreamClient:
             timeout=self.timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
+            trust_env=False,  # the proxy is chosen per request (Proxies), as for streams
             **_HEAD_LIMITS,  # type: ignore[arg-type]  # (a dict of ints only)
         )
         streams = StreamPool(
-            ssl_context=self.ssl, connect_timeout=self.connect_timeout, limit=self.connections
+            ssl_context=self.ssl,
+            connect_timeout=self.connect_timeout,
+            limit=self.connections,
+            proxies=self.proxies,
         )
         return Connections(session, streams)
 
@@ -215,10 +237,17 @@ class UpstreamClient:
     # --- requests ----------------------------------------------------------------------------
 
     async def _headers(
-        self, session: aiohttp.ClientSession, extra: Mapping[str, str] | None
+        self,
+        session: aiohttp.ClientSession,
+        extra: Mapping[str, str] | None,
+        basic: str | None = None,
     ) -> dict[str, str]:
+        """The request's headers; ``basic``, from the URL's userinfo, only when the auth
+        gives no ``Authorization`` (LLM_VLLM_API_KEY and OAuth win)."""
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         headers.update(await self.auth.headers(session))
+        if basic is not None and "Authorization" not in headers:
+            headers["Authorization"] = basic
         if extra:
             headers.update(extra)  # X-Request-ID, traceparent
         return headers
@@ -236,17 +265,22 @@ class UpstreamClient:
         once more. Returns a 2xx response (its body unread)."""
         retried = False
         redact = self.redactor
+        url, basic = url_credentials(url)
         while True:
-            headers = await self._headers(session, extra_headers)
+            headers = await self._headers(session, extra_headers, basic)
             try:
                 resp = await session.request(
                     method,
                     url,
                     data=data,
-                    headers=headers,
                     timeout=limits or self.timeout,
                     allow_redirects=False,  # a redirect would carry the prompt and the key away
+                    **self.proxies.aiohttp_kwargs(url, headers),
                 )
+            except aiohttp.ClientProxyConnectionError as exc:
+                raise proxy.unreachable(os_reason(exc.os_error)) from None
+            except aiohttp.ClientHttpProxyError as exc:
+                raise proxy.refused(exc.status) from None
             except aiohttp.ConnectionTimeoutError:
                 raise faults.connect_timeout(self.connect_timeout) from None
             except TimeoutError:
@@ -264,6 +298,8 @@ class UpstreamClient:
                 raise faults.unreachable(exc.os_error, redact) from None
             except aiohttp.ClientResponseError as exc:  # not HTTP, or a head past the limits
                 raise faults.bad_http(exc.message, redact) from None
+            except aiohttp.ServerDisconnectedError as exc:
+                raise self._closed_early(url, exc) from None
             except aiohttp.ClientError as exc:
                 raise faults.broke(exc, redact) from None
             if resp.status < 300:
@@ -271,6 +307,9 @@ class UpstreamClient:
             if resp.status < 400:
                 resp.close()
                 raise faults.redirected(resp.status)
+            if resp.status == 407:  # only a proxy asks for proxy credentials
+                resp.close()
+                raise proxy.refused(407)
             try:
                 body = await read_error_body(resp)
             finally:
@@ -279,6 +318,22 @@ class UpstreamClient:
                 retried = True
                 continue
             raise faults.status_error(resp.status, body, resp.headers.get("Retry-After"), redact)
+
+    def _closed_early(self, url: str, exc: Exception) -> faults.ReplicaFailed:
+        """The connection broke before the answer. Over TLS that is also how a server that
+        requires a client certificate refuses one (TLS 1.3 finishes the client's handshake
+        before the server checks it, and the alert is not reported): the message says so."""
+        fault = faults.broke(exc, self.redactor)
+        if not url.startswith("https:"):
+            return fault
+        advice = (
+            "check that LLM_TLS_CLIENT_CERT is signed by a CA it trusts"
+            if self._client_cert
+            else "set LLM_TLS_CLIENT_CERT (and LLM_TLS_CLIENT_KEY)"
+        )
+        return faults.ReplicaFailed(
+            f"{fault.message} (if the server requires a TLS client certificate, {advice})"
+        )
 
     async def chat(
         self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -387,10 +442,17 @@ class UpstreamClient:
         session, pool = connections.session, connections.streams
         redact = self.redactor
         retried = False
+        url, basic = url_credentials(replica.chat_url)
         while True:
-            headers = await self._headers(session, extra_headers)
+            headers = await self._headers(session, extra_headers, basic)
             try:
-                conn = await pool.open(replica.chat_url, data, headers, total=self.total_timeout)
+                conn = await pool.open(url, data, headers, total=self.total_timeout)
+            except ProxyError as exc:
+                if exc.status is not None:
+                    raise proxy.refused(exc.status) from None
+                if exc.unreachable:
+                    raise proxy.unreachable(exc.reason) from None
+                raise proxy.failed(exc.reason) from None
             except ConnectTimeout:
                 raise faults.connect_timeout(self.connect_timeout) from None
             except CertificateError as exc:
@@ -404,11 +466,13 @@ class UpstreamClient:
             except BadResponse as exc:
                 raise faults.bad_http(exc, redact) from None
             except WireError as exc:
-                raise faults.broke(exc, redact) from None
+                raise self._closed_early(url, exc) from None
             if conn.status < 300:
                 return conn
-            if conn.status < 400:
+            if conn.status < 400 or conn.status == 407:
                 pool.release(conn)  # its body unread: the connection is closed
+                if conn.status == 407:  # only a proxy asks for proxy credentials
+                    raise proxy.refused(407)
                 raise faults.redirected(conn.status)
             try:
                 async with asyncio.timeout(ERROR_BODY_SECONDS):

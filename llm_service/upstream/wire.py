@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from llm_service.upstream.faults import os_reason
+from llm_service.upstream.proxy import Proxies, Proxy
+
 Origin = tuple[str, str, int]  # scheme, host, port
 _HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket pauses
 _MAX_IDLE_PER_HOST = 1024
@@ -57,6 +60,19 @@ class CertificateError(WireError):
 
     def __init__(self, error: ssl.SSLCertVerificationError) -> None:
         super().__init__(error.verify_message or str(error))
+
+
+class ProxyError(WireError):
+    """The proxy failed: ``unreachable`` (``reason`` says why), answered a CONNECT with
+    ``status`` instead of opening the tunnel, or broke the protocol (``reason``)."""
+
+    def __init__(
+        self, reason: str, status: int | None = None, *, unreachable: bool = False
+    ) -> None:
+        super().__init__(f"proxy: {reason}")
+        self.reason = reason
+        self.status = status
+        self.unreachable = unreachable
 
 
 class ConnectTimeout(WireError):
@@ -391,7 +407,12 @@ class StreamPool:
     """Kept-alive ``StreamConnection``s per origin, for one event loop.
 
     At most ``limit`` connections carry a request at once; further requests wait for one to
-    be released (``LLM_UPSTREAM_CONNECTIONS``)."""
+    be released (``LLM_UPSTREAM_CONNECTIONS``).
+
+    ``proxies`` decides which origins are reached through a proxy: plain http is sent to the
+    proxy with the absolute URL as the request target; https goes through a ``CONNECT``
+    tunnel, TLS with the model server inside it. A URL's userinfo is not sent (the client
+    turns it into an ``Authorization`` header)."""
 
     def __init__(
         self,
@@ -399,16 +420,20 @@ class StreamPool:
         ssl_context: ssl.SSLContext,
         connect_timeout: float | None,
         limit: int = 2048,
+        proxies: Proxies | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(limit)
         self.ssl_context = ssl_context
+        self.proxies = proxies or Proxies()
         self._idle: dict[Origin, list[StreamConnection]] = {}
-        self._targets: dict[str, tuple[Origin, bytes, bytes]] = {}
+        self._targets: dict[str, tuple[Origin, bytes]] = {}
+        self._routes: dict[Origin, Proxy | None] = {}  # the proxy of each origin (None: direct)
         self.closed = False
 
-    def _target(self, url: str) -> tuple[Origin, bytes, bytes]:
-        """(origin, request path, Host header) of a URL, parsed once per URL."""
+    def _target(self, url: str) -> tuple[Origin, bytes]:
+        """(origin, start of the request head) of a URL, worked out once per URL; the head
+        starts with the request line, ``Host`` and, to a proxy, ``Proxy-Authorization``."""
         target = self._targets.get(url)
         if target is None:
             parts = urlsplit(url)
@@ -416,11 +441,18 @@ class StreamPool:
             host = parts.hostname or "localhost"
             port = parts.port or (443 if scheme == "https" else 80)
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            target = self._targets[url] = (
-                (scheme, host, port),
-                path.encode("latin-1"),
-                parts.netloc.rpartition("@")[2].encode("latin-1"),
-            )
+            netloc = parts.netloc.rpartition("@")[2]
+            origin = (scheme, host, port)
+            proxy = self._routes[origin] = self.proxies.proxy_for(url)
+            lines = []
+            if proxy is not None and scheme == "http":
+                # To a proxy, the absolute URL (RFC 9112, 3.2.2); through a tunnel, as direct.
+                lines.append(f"POST http://{netloc}{path} HTTP/1.1\r\nHost: {netloc}\r\n")
+                if proxy.authorization is not None:
+                    lines.append(f"Proxy-Authorization: {proxy.authorization}\r\n")
+            else:
+                lines.append(f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\n")
+            target = self._targets[url] = (origin, "".join(lines).encode("latin-1"))
         return target
 
     async def open(
@@ -435,8 +467,8 @@ class StreamPool:
 
         A kept-alive connection that turns out to be closed by the server before it answers
         is replaced by a new one once (the request never reached the model)."""
-        origin, path, host = self._target(url)
-        request = _request_head(path, host, headers, len(body)) + body
+        origin, start = self._target(url)
+        request = _request_head(start, headers, len(body)) + body
         await self._slots.acquire()
         try:
             return await self._open(origin, request, total)
@@ -490,6 +522,9 @@ class StreamPool:
         self._idle.clear()
 
     async def _connect(self, origin: Origin) -> StreamConnection:
+        proxy = self._routes.get(origin)
+        if proxy is not None:
+            return await self._connect_via(proxy, origin)
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = self.ssl_context if scheme == "https" else None
@@ -510,10 +545,93 @@ class StreamPool:
             raise ConnectFailed(exc) from None
         return conn
 
+    async def _connect_via(self, proxy: Proxy, origin: Origin) -> StreamConnection:
+        """A connection to ``origin`` through ``proxy``: to the proxy itself for plain http,
+        a ``CONNECT`` tunnel with TLS inside it for https. Whatever fails before the
+        tunnel is open is the proxy's fault (``ProxyError``); nothing is tried directly."""
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                try:
+                    if scheme != "https":
+                        _, conn = await loop.create_connection(
+                            lambda: StreamConnection(loop, origin), proxy.host, proxy.port
+                        )
+                        return conn
+                    raw, tunnel = await loop.create_connection(
+                        lambda: _Tunnel(loop), proxy.host, proxy.port
+                    )
+                except OSError as exc:
+                    raise ProxyError(os_reason(exc), unreachable=True) from None
+                try:
+                    raw.write(_connect_request(host, port, proxy))
+                    status = await tunnel.answer()
+                    if not 200 <= status < 300:  # any 2xx opens the tunnel (RFC 9110, 9.3.6)
+                        raise ProxyError(f"answered CONNECT with {status}", status)
+                    conn = StreamConnection(loop, origin)
+                    tls = await loop.start_tls(raw, conn, self.ssl_context, server_hostname=host)
+                except BaseException:
+                    raw.close()
+                    raise
+        except TimeoutError:
+            raise ProxyError("timed out", unreachable=True) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateError(exc) from None
+        except OSError as exc:  # the TLS handshake with the model server, in the tunnel
+            raise ConnectFailed(exc) from None
+        if tls is None:
+            raise ConnectFailed(ConnectionResetError("the tunnel closed during the handshake"))
+        conn.connection_made(tls)  # start_tls hands over the transport without calling it
+        return conn
 
-def _request_head(path: bytes, host: bytes, headers: Mapping[str, str], length: int) -> bytes:
-    lines = [b"POST ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Length: ",
-             str(length).encode(), b"\r\n"]  # fmt: skip
+
+class _Tunnel(asyncio.Protocol):
+    """The proxy's answer to ``CONNECT``: its status, once the head has arrived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._head = b""
+        self._answer: asyncio.Future[int] = loop.create_future()
+
+    async def answer(self) -> int:
+        return await self._answer
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer.done():
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HEAD_BYTES:
+                self._answer.set_exception(ProxyError("sent an endless answer to CONNECT"))
+            return
+        status_line = self._head.split(b"\r\n", 1)[0].split(None, 2)
+        if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+            self._answer.set_exception(ProxyError("answered CONNECT with what is not HTTP"))
+        elif not status_line[1].isdigit():
+            self._answer.set_exception(ProxyError("answered CONNECT with a bad status"))
+        elif status_line[1].startswith(b"2") and end + 4 != len(self._head):
+            # Nothing may come between the tunnel's opening and the server's TLS answer.
+            self._answer.set_exception(ProxyError("sent data after opening the tunnel"))
+        else:
+            self._answer.set_result(int(status_line[1]))  # a refusal's body is not read
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._answer.done():
+            self._answer.set_exception(ProxyError("closed the connection before answering"))
+
+
+def _connect_request(host: str, port: int, proxy: Proxy) -> bytes:
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"]
+    if proxy.authorization is not None:
+        lines.append(f"Proxy-Authorization: {proxy.authorization}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _request_head(start: bytes, headers: Mapping[str, str], length: int) -> bytes:
+    lines = [start, b"Content-Length: ", str(length).encode(), b"\r\n"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} holds a line break")
