@@ -102,6 +102,7 @@ class StreamConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Sink | None = None  # pump(): body bytes go here instead of to read()
         self._sink_error: BaseException | None = None
+        self.released_at = 0.0  # loop time the pool last took it back as idle
         self._idle: float | None = None
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -391,7 +392,15 @@ class StreamPool:
     """Kept-alive ``StreamConnection``s per origin, for one event loop.
 
     At most ``limit`` connections carry a request at once; further requests wait for one to
-    be released (``LLM_UPSTREAM_CONNECTIONS``)."""
+    be released (``LLM_UPSTREAM_CONNECTIONS``).
+
+    An idle connection is reused for at most ``keepalive`` seconds after its last answer
+    (``LLM_UPSTREAM_KEEPALIVE``; 0: never reused). A NAT or load balancer may drop an idle
+    connection without a word (no FIN, no RST): a request sent on it would wait, unanswered,
+    for the first-token timeout, and nothing tells that apart from a slow model. A server that
+    closes an idle connection itself (FIN, RST) is noticed by ``connection_lost`` before
+    reuse, or fails the request before any byte, which is then sent once more on a new
+    connection."""
 
     def __init__(
         self,
@@ -399,11 +408,15 @@ class StreamPool:
         ssl_context: ssl.SSLContext,
         connect_timeout: float | None,
         limit: int = 2048,
+        keepalive: float = 4.0,
     ) -> None:
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(limit)
         self.ssl_context = ssl_context
+        self.keepalive = keepalive
+        # Idle connections per origin, in the order they were released (the newest last).
         self._idle: dict[Origin, list[StreamConnection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[Origin, bytes, bytes]] = {}
         self.closed = False
 
@@ -445,23 +458,21 @@ class StreamPool:
             raise
 
     async def _open(self, origin: Origin, request: bytes, total: float | None) -> StreamConnection:
-        idle = self._idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
+        conn = self._pick(origin)
+        if conn is not None:
             conn.send(request, total)
             try:
                 await conn.read_head()
+                return conn
             except WireError as exc:
                 conn.close()
                 if conn.received or isinstance(exc, ReadTimeout):
                     raise
-                break  # a stale kept-alive connection: one new connection below
+                # A stale kept-alive connection (closed before any byte): the request never
+                # reached the model, so it goes once more on a new connection below.
             except BaseException:
                 conn.close()
                 raise
-            return conn
         conn = await self._connect(origin)
         conn.send(request, total)
         try:
@@ -471,19 +482,62 @@ class StreamPool:
             raise
         return conn
 
+    def _pick(self, origin: Origin) -> StreamConnection | None:
+        """The newest idle connection to ``origin`` if it is open and idle for at most
+        ``keepalive`` seconds. The others met on the way are closed: a closed one is of no
+        use, and when the newest has expired every older one has too."""
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if conn.loop.time() - conn.released_at <= self.keepalive:
+                return conn
+            conn.close()
+            for old in idle:
+                old.close()
+            idle.clear()
+        return None
+
     def release(self, conn: StreamConnection) -> None:
         """Give back a connection that ``open`` returned (exactly once)."""
         self._slots.release()
         conn.finish()
-        if conn.reusable and not self.closed:
+        if conn.reusable and not self.closed and self.keepalive > 0:
             idle = self._idle.setdefault(conn.origin, [])
             if len(idle) < _MAX_IDLE_PER_HOST:
+                conn.released_at = conn.loop.time()
                 idle.append(conn)
+                if self._sweeper is None:
+                    self._sweeper = conn.loop.call_later(self.keepalive, self._sweep)
                 return
         conn.close()
 
+    def _sweep(self) -> None:
+        """Close the idle connections past ``keepalive`` (the front of each origin's list),
+        so that sockets nobody will reuse do not pile up after a burst; look again a
+        keepalive later while any are left."""
+        self._sweeper = None
+        loop: asyncio.AbstractEventLoop | None = None
+        for origin, idle in list(self._idle.items()):
+            if idle:
+                loop = idle[0].loop
+                oldest_kept = loop.time() - self.keepalive
+                expired = 0
+                while expired < len(idle) and idle[expired].released_at < oldest_kept:
+                    idle[expired].close()
+                    expired += 1
+                del idle[:expired]
+            if not idle:
+                del self._idle[origin]
+        if self._idle and loop is not None and not self.closed:
+            self._sweeper = loop.call_later(self.keepalive, self._sweep)
+
     def close(self) -> None:
         self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
