@@ -20,6 +20,7 @@ nobody is listening.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from collections.abc import Callable, Mapping
 from typing import cast
@@ -72,9 +73,10 @@ class ReadTimeout(WireError):
 
 
 Sink = Callable[[bytes], bool]
-"""Takes body bytes in the network callback; True asks to stop pushing. It runs in the
-connection's context (that of the request that opened it), not the current request's: it
-must not read context variables (request id, current span)."""
+"""Takes body bytes in the network callback; True asks to stop pushing. It runs in a copy of
+the context of the task that called ``pump``, so what it logs or measures carries the current
+request's id and span, not those of the request that opened the connection (the network
+callbacks of a kept-alive connection run in that one's context)."""
 
 
 class StreamConnection(asyncio.Protocol):
@@ -101,6 +103,7 @@ class StreamConnection(asyncio.Protocol):
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Sink | None = None  # pump(): body bytes go here instead of to read()
+        self._sink_context: contextvars.Context | None = None  # pump()'s caller's, for _sink
         self._sink_error: BaseException | None = None
         self.released_at = 0.0  # loop time the pool last took it back as idle
         self._idle: float | None = None
@@ -240,6 +243,9 @@ class StreamConnection(asyncio.Protocol):
         the end or the failure, and returns what arrives after a stop). What ``sink``
         raises is raised here."""
         self._sink = sink
+        # The network callbacks run in the context of the request that opened the
+        # connection; the sink runs in this caller's (one copy per pump, not per read).
+        self._sink_context = contextvars.copy_context()
         try:
             if self._data:
                 self._push()  # what arrived before, first
@@ -247,7 +253,7 @@ class StreamConnection(asyncio.Protocol):
                 self._waiter = waiter = self.loop.create_future()
                 await waiter
         finally:
-            self._sink = None
+            self._sink = self._sink_context = None
             error, self._sink_error = self._sink_error, None
         if error is not None:
             raise error
@@ -300,7 +306,7 @@ class StreamConnection(asyncio.Protocol):
         self._cancel_timers()
         self._idle = None
         self._active = False
-        self._sink = None
+        self._sink = self._sink_context = None
 
     # --- internals ---------------------------------------------------------------------
 
@@ -313,9 +319,10 @@ class StreamConnection(asyncio.Protocol):
 
     def _push(self) -> None:
         """Hand the buffered body bytes to the sink; a sink that stops or raises goes."""
-        assert self._sink is not None
+        sink, context = self._sink, self._sink_context
+        assert sink is not None and context is not None
         try:
-            if self._sink(self._take()):
+            if context.run(sink, self._take()):
                 self._sink = None
         except Exception as exc:  # raised by pump(), in the task that owns the sink
             self._sink_error = exc
