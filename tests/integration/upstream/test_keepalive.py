@@ -52,6 +52,19 @@ class Dropper:
     def __init__(self) -> None:
         self.dropped = 0
         self.closed_by_client = 0
+        self._closed = asyncio.Event()
+
+    def client_closed(self) -> None:
+        self.closed_by_client += 1
+        self._closed.set()
+
+    async def until_closed_by_client(self, count: int) -> None:
+        """Wait (2 s at most) until the client closed ``count`` connections: the server
+        reads the end a moment after the client closed."""
+        async with asyncio.timeout(2.0):
+            while self.closed_by_client < count:
+                self._closed.clear()
+                await self._closed.wait()
 
 
 def silent_dropper(drop_after: float, seen: Dropper) -> Callable[[Server], Handler]:
@@ -62,13 +75,13 @@ def silent_dropper(drop_after: float, seen: Dropper) -> Callable[[Server], Handl
                 try:
                     request = await read_request(reader)
                 except asyncio.IncompleteReadError:
-                    seen.closed_by_client += 1
+                    seen.client_closed()
                     return
                 server.requests.append(request)
                 if time.monotonic() - last > drop_after:
                     seen.dropped += 1  # the path forgot this connection: silence, no FIN
                     await reader.read()  # until the client gives up and closes
-                    seen.closed_by_client += 1
+                    seen.client_closed()
                     return
                 answer(writer, request)
                 await writer.drain()
@@ -167,12 +180,12 @@ async def test_a_connection_kept_past_the_silent_drop_hangs_until_the_first_toke
             with pytest.raises(UpstreamTimeout, match="LLM_FIRST_TOKEN_TIMEOUT"):
                 await streamed_text(client)
             took = time.monotonic() - began
-            await asyncio.sleep(0.1)
+            # Given up: the connection is closed, not kept.
+            await seen.until_closed_by_client(1)
         finally:
             await client.aclose()
     assert took >= 0.75  # the whole first-token timeout, spent for nothing
     assert seen.dropped == 1 and server.connections == 1
-    assert seen.closed_by_client == 1  # given up: the connection was closed, not kept
 
 
 async def test_whole_answers_over_aiohttp_expire_alike() -> None:
@@ -214,11 +227,10 @@ async def test_keepalive_zero_never_reuses(transport: str) -> None:
         try:
             for _ in range(3):
                 assert await streamed_text(client) == "ab"
-            await asyncio.sleep(0.05)
+            await seen.until_closed_by_client(3)  # each closed after its answer
         finally:
             await client.aclose()
     assert server.connections == 3
-    assert seen.closed_by_client == 3  # each closed after its answer
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_used(transport: str) -> None:
@@ -258,8 +270,8 @@ async def test_the_sweep_closes_idle_connections_nobody_reuses() -> None:
             # Three streams at once leave three idle connections behind.
             texts = await asyncio.gather(*(streamed_text(client) for _ in range(3)))
             assert texts == ["ab"] * 3 and server.connections == 3
-            await asyncio.sleep(0.5)  # no request comes: the sweep closes them
-            assert seen.closed_by_client == 3
+            # No request comes: the sweep closes them (the client's close is further off).
+            await seen.until_closed_by_client(3)
         finally:
             await client.aclose()
 
@@ -268,15 +280,15 @@ async def test_pool_expiry_at_pick_time() -> None:
     seen = Dropper()
     async with serve(silent_dropper(5.0, seen)) as server:
         pool = StreamPool(
-            ssl_context=ssl.create_default_context(), connect_timeout=2.0, keepalive=0.2
+            ssl_context=ssl.create_default_context(), connect_timeout=2.0, keepalive=0.4
         )
         try:
-            for pause in (0.0, 0.05, 0.35, 0.05):
+            for pause in (0.0, 0.05, 0.7, 0.05):
                 await asyncio.sleep(pause)
                 conn = await pool.open(server.url, b"{}", {}, total=5.0)
                 assert await conn.read_all()
                 pool.release(conn)
         finally:
             pool.close()
-    # Reused after 0.05 s twice; after 0.35 s the connection had expired (and was swept).
+    # Reused after 0.05 s twice; after 0.7 s the connection had expired (and was swept).
     assert server.connections == 2 and len(server.requests) == 4
