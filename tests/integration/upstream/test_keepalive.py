@@ -11,7 +11,9 @@ server hangs the request when connections are kept longer than that, and answers
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 
@@ -22,6 +24,7 @@ from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.wire import StreamPool
 from tests.support.raw_http import SSE_HEAD, Handler, Server, chunk, read_request, serve
 
+LINGER_0 = struct.pack("ii", 1, 0)
 WHOLE = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"whole"}}]}'
 
 
@@ -92,8 +95,9 @@ def silent_dropper(drop_after: float, seen: Dropper) -> Callable[[Server], Handl
     return make
 
 
-def idle_closer(after: float) -> Callable[[Server], Handler]:
-    """Answers requests; closes a connection (FIN) once it was idle ``after`` seconds."""
+def idle_closer(after: float, *, reset: bool = False) -> Callable[[Server], Handler]:
+    """Answers requests; closes a connection once it was idle ``after`` seconds, with a FIN
+    or (``reset``) an RST."""
 
     def make(server: Server) -> Handler:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -102,6 +106,9 @@ def idle_closer(after: float) -> Callable[[Server], Handler]:
                     async with asyncio.timeout(after):
                         request = await read_request(reader)
                 except TimeoutError:
+                    if reset:  # no lingering: close() sends an RST
+                        sock = writer.get_extra_info("socket")
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_0)
                     return  # Server closes the writer
                 server.requests.append(request)
                 answer(writer, request)
@@ -233,13 +240,20 @@ async def test_keepalive_zero_never_reuses(transport: str) -> None:
     assert server.connections == 3
 
 
-async def test_a_connection_the_server_closed_while_idle_is_not_used(transport: str) -> None:
-    async with serve(idle_closer(0.1)) as server:
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+async def test_a_connection_the_server_closed_while_idle_is_not_used(
+    transport: str, reset: bool
+) -> None:
+    async with serve(idle_closer(0.1, reset=reset)) as server:
         client = client_for(server, keepalive=4.0)
         await client.start()
         try:
             assert await streamed_text(client) == "ab"
-            await asyncio.sleep(0.3)  # the server sent its FIN meanwhile
+            await asyncio.sleep(0.3)  # the server closed it meanwhile
+            # Noticed while idle (connection_lost), before any request is sent on it.
+            assert client._shared is not None
+            idle = [c for conns in client._shared.streams._idle.values() for c in conns]
+            assert len(idle) == 1 and idle[0].closed
             assert await streamed_text(client) == "ab"
         finally:
             await client.aclose()
