@@ -516,7 +516,7 @@ class StreamPool:
                 conn.released_at = conn.loop.time()
                 idle.append(conn)
                 if self._sweeper is None:
-                    self._sweeper = conn.loop.call_later(self.keepalive, self._sweep)
+                    self._schedule_sweep(conn.loop)
                 return
         conn.close()
 
@@ -538,7 +538,11 @@ class StreamPool:
             if not idle:
                 del self._idle[origin]
         if self._idle and loop is not None and not self.closed:
-            self._sweeper = loop.call_later(self.keepalive, self._sweep)
+            self._schedule_sweep(loop)
+
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        # In a context of its own: the sweep belongs to no request, and keeps none alive.
+        self._sweeper = loop.call_later(self.keepalive, self._sweep, context=contextvars.Context())
 
     def close(self) -> None:
         self.closed = True
