@@ -14,7 +14,8 @@ headers) has arrived; ``read`` then returns the body bytes that arrived since th
 callback straight from the network callback, so a relayed token wakes no task at all.
 ``StreamPool.release`` puts a connection back for the next request if its response was
 read to the end, and closes it otherwise: closing is how the model server learns that
-nobody is listening.
+nobody is listening. A connection left idle longer than the pool's ``keepalive`` is closed,
+not reused.
 """
 
 from __future__ import annotations
