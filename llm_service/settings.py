@@ -221,6 +221,16 @@ class Settings(BaseSettings):
         "answer /v1/models; the service serves meanwhile, /v1/ready says 503. 0: no check.",
     )
 
+    # --- kept-alive connections to the model server -----------------------------------------
+    upstream_keepalive: float = Field(
+        4.0,
+        ge=0,
+        description="Seconds an idle connection to the model server may be reused; older ones "
+        "are closed. Below the servers' own keep-alive (uvicorn, so vLLM, and llama.cpp: 5 s) "
+        "and far below NAT and load-balancer idle timeouts, so a connection they dropped "
+        "silently is never picked. 0: no reuse.",
+    )
+
     # --- LangServe routes and playground --------------------------------------------------
     langserve_path: str = Field(
         "/llm",

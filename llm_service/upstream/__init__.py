@@ -53,6 +53,7 @@ def build_client(settings: Settings, base_url: str) -> UpstreamClient:
         first_token_timeout=settings.first_token_timeout,
         idle_timeout=settings.idle_timeout,
         connections=settings.upstream_connections,
+        keepalive=settings.upstream_keepalive,
         tls_skip_verify=settings.tls_skip_verify,
         tls_ca_bundle=settings.tls_ca_bundle,
         tls_client_cert=settings.tls_client_cert,

@@ -98,7 +98,8 @@ class UpstreamClient:
 
     Timeouts: ``connect_timeout`` (TCP connect), ``first_token_timeout`` (request sent to the
     first chunk of a stream), ``idle_timeout`` (silence between chunks once a stream has
-    started), ``total_timeout`` (the whole request).
+    started), ``total_timeout`` (the whole request). ``keepalive``: seconds an idle
+    connection may be reused (0: never), in both pools.
 
     ``proxies`` (from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) choose the proxy of
     every request, the token endpoint's included; ``tls_client_cert`` and
@@ -121,6 +122,7 @@ class UpstreamClient:
         first_token_timeout: float | None = None,
         idle_timeout: float | None = None,
         connections: int = 512,
+        keepalive: float = 4.0,
         tls_skip_verify: bool = False,
         tls_ca_bundle: str | Path | None = None,
         tls_client_cert: str | Path | None = None,
@@ -147,6 +149,7 @@ class UpstreamClient:
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.connections = connections
+        self.keepalive = keepalive
         self.ssl = client_ssl_context(
             skip_verify=tls_skip_verify,
             ca_bundle=tls_ca_bundle,
@@ -166,8 +169,13 @@ class UpstreamClient:
     # --- connection pools, per event loop ---------------------------------------------------
 
     def _new_connections(self) -> Connections:
+        # aiohttp's own default keeps idle connections 15 s, longer than the model servers
+        # do (5 s): the same limit as the streams' pool. It takes no 0: force_close is that.
+        reuse: dict[str, Any] = (
+            {"keepalive_timeout": self.keepalive} if self.keepalive > 0 else {"force_close": True}
+        )
         connector = aiohttp.TCPConnector(
-            limit=self.connections, limit_per_host=self.connections, ssl=self.ssl
+            limit=self.connections, limit_per_host=self.connections, ssl=self.ssl, **reuse
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -182,6 +190,7 @@ class UpstreamClient:
             connect_timeout=self.connect_timeout,
             limit=self.connections,
             proxies=self.proxies,
+            keepalive=self.keepalive,
         )
         return Connections(session, streams)
 

@@ -14,12 +14,14 @@ headers) has arrived; ``read`` then returns the body bytes that arrived since th
 callback straight from the network callback, so a relayed token wakes no task at all.
 ``StreamPool.release`` puts a connection back for the next request if its response was
 read to the end, and closes it otherwise: closing is how the model server learns that
-nobody is listening.
+nobody is listening. A connection left idle longer than the pool's ``keepalive`` is closed,
+not reused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from collections.abc import Callable, Mapping
 from typing import cast
@@ -88,9 +90,10 @@ class ReadTimeout(WireError):
 
 
 Sink = Callable[[bytes], bool]
-"""Takes body bytes in the network callback; True asks to stop pushing. It runs in the
-connection's context (that of the request that opened it), not the current request's: it
-must not read context variables (request id, current span)."""
+"""Takes body bytes in the network callback; True asks to stop pushing. It runs in a copy of
+the context of the task that called ``pump``, so what it logs or measures carries the current
+request's id and span, not those of the request that opened the connection (the network
+callbacks of a kept-alive connection run in that one's context)."""
 
 
 class StreamConnection(asyncio.Protocol):
@@ -117,7 +120,9 @@ class StreamConnection(asyncio.Protocol):
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Sink | None = None  # pump(): body bytes go here instead of to read()
+        self._sink_context: contextvars.Context | None = None  # pump()'s caller's, for _sink
         self._sink_error: BaseException | None = None
+        self.released_at = 0.0  # loop time the pool last took it back as idle
         self._idle: float | None = None
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -255,6 +260,9 @@ class StreamConnection(asyncio.Protocol):
         the end or the failure, and returns what arrives after a stop). What ``sink``
         raises is raised here."""
         self._sink = sink
+        # The network callbacks run in the context of the request that opened the
+        # connection; the sink runs in this caller's (one copy per pump, not per read).
+        self._sink_context = contextvars.copy_context()
         try:
             if self._data:
                 self._push()  # what arrived before, first
@@ -262,7 +270,7 @@ class StreamConnection(asyncio.Protocol):
                 self._waiter = waiter = self.loop.create_future()
                 await waiter
         finally:
-            self._sink = None
+            self._sink = self._sink_context = None
             error, self._sink_error = self._sink_error, None
         if error is not None:
             raise error
@@ -315,7 +323,7 @@ class StreamConnection(asyncio.Protocol):
         self._cancel_timers()
         self._idle = None
         self._active = False
-        self._sink = None
+        self._sink = self._sink_context = None
 
     # --- internals ---------------------------------------------------------------------
 
@@ -328,9 +336,10 @@ class StreamConnection(asyncio.Protocol):
 
     def _push(self) -> None:
         """Hand the buffered body bytes to the sink; a sink that stops or raises goes."""
-        assert self._sink is not None
+        sink, context = self._sink, self._sink_context
+        assert sink is not None and context is not None
         try:
-            if self._sink(self._take()):
+            if context.run(sink, self._take()):
                 self._sink = None
         except Exception as exc:  # raised by pump(), in the task that owns the sink
             self._sink_error = exc
@@ -412,7 +421,15 @@ class StreamPool:
     ``proxies`` decides which origins are reached through a proxy: plain http is sent to the
     proxy with the absolute URL as the request target; https goes through a ``CONNECT``
     tunnel, TLS with the model server inside it. A URL's userinfo is not sent (the client
-    turns it into an ``Authorization`` header)."""
+    turns it into an ``Authorization`` header).
+
+    An idle connection is reused for at most ``keepalive`` seconds after its last answer
+    (``LLM_UPSTREAM_KEEPALIVE``; 0: never reused). A NAT or load balancer may drop an idle
+    connection without a word (no FIN, no RST): a request sent on it would wait, unanswered,
+    for the first-token timeout, and nothing tells that apart from a slow model. A server that
+    closes an idle connection itself (FIN, RST) is noticed by ``connection_lost`` before
+    reuse, or fails the request before any byte, which is then sent once more on a new
+    connection."""
 
     def __init__(
         self,
@@ -421,12 +438,16 @@ class StreamPool:
         connect_timeout: float | None,
         limit: int = 2048,
         proxies: Proxies | None = None,
+        keepalive: float = 4.0,
     ) -> None:
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(limit)
         self.ssl_context = ssl_context
         self.proxies = proxies or Proxies()
+        self.keepalive = keepalive
+        # Idle connections per origin, in the order they were released (the newest last).
         self._idle: dict[Origin, list[StreamConnection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[Origin, bytes]] = {}
         self._routes: dict[Origin, Proxy | None] = {}  # the proxy of each origin (None: direct)
         self.closed = False
@@ -477,23 +498,21 @@ class StreamPool:
             raise
 
     async def _open(self, origin: Origin, request: bytes, total: float | None) -> StreamConnection:
-        idle = self._idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
+        conn = self._pick(origin)
+        if conn is not None:
             conn.send(request, total)
             try:
                 await conn.read_head()
+                return conn
             except WireError as exc:
                 conn.close()
                 if conn.received or isinstance(exc, ReadTimeout):
                     raise
-                break  # a stale kept-alive connection: one new connection below
+                # A stale kept-alive connection (closed before any byte): the request never
+                # reached the model, so it goes once more on a new connection below.
             except BaseException:
                 conn.close()
                 raise
-            return conn
         conn = await self._connect(origin)
         conn.send(request, total)
         try:
@@ -503,19 +522,66 @@ class StreamPool:
             raise
         return conn
 
+    def _pick(self, origin: Origin) -> StreamConnection | None:
+        """The newest idle connection to ``origin`` if it is open and idle for at most
+        ``keepalive`` seconds. The others met on the way are closed: a closed one is of no
+        use, and when the newest has expired every older one has too."""
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if conn.loop.time() - conn.released_at <= self.keepalive:
+                return conn
+            conn.close()
+            for old in idle:
+                old.close()
+            idle.clear()
+        return None
+
     def release(self, conn: StreamConnection) -> None:
         """Give back a connection that ``open`` returned (exactly once)."""
         self._slots.release()
         conn.finish()
-        if conn.reusable and not self.closed:
+        if conn.reusable and not self.closed and self.keepalive > 0:
             idle = self._idle.setdefault(conn.origin, [])
             if len(idle) < _MAX_IDLE_PER_HOST:
+                conn.released_at = conn.loop.time()
                 idle.append(conn)
+                if self._sweeper is None:
+                    self._schedule_sweep(conn.loop)
                 return
         conn.close()
 
+    def _sweep(self) -> None:
+        """Close the idle connections past ``keepalive`` (the front of each origin's list),
+        so that sockets nobody will reuse do not pile up after a burst; look again a
+        keepalive later while any are left."""
+        self._sweeper = None
+        loop: asyncio.AbstractEventLoop | None = None
+        for origin, idle in list(self._idle.items()):
+            if idle:
+                loop = idle[0].loop
+                oldest_kept = loop.time() - self.keepalive
+                expired = 0
+                while expired < len(idle) and idle[expired].released_at < oldest_kept:
+                    idle[expired].close()
+                    expired += 1
+                del idle[:expired]
+            if not idle:
+                del self._idle[origin]
+        if self._idle and loop is not None and not self.closed:
+            self._schedule_sweep(loop)
+
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        # In a context of its own: the sweep belongs to no request, and keeps none alive.
+        self._sweeper = loop.call_later(self.keepalive, self._sweep, context=contextvars.Context())
+
     def close(self) -> None:
         self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
