@@ -54,6 +54,7 @@ def build_client(settings: Settings, base_url: str) -> UpstreamClient:
         tls_skip_verify=settings.tls_skip_verify,
         tls_ca_bundle=settings.tls_ca_bundle,
         replica_cooldown=settings.replica_cooldown,
+        transport=settings.upstream_transport,
     )
 
 

@@ -1,7 +1,8 @@
 """The one way to talk to a model server: OpenAI-compatible chat completions.
 
-Streams go over the lean transport in ``wire.py`` (the per-token hot path) and come back as
-an ``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
+Streams go over the lean transport in ``wire.py`` (the per-token hot path), or over aiohttp
+(``aiohttp_stream.py``) with ``transport="aiohttp"``, and come back as an
+``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
 aiohttp. Both share the replicas' failover (``failover.py``), the credentials (``auth.py``),
 one TLS context (``tls.py``) and one error mapping (``faults.py``).
 
@@ -18,7 +19,7 @@ import socket
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -26,6 +27,7 @@ import orjson
 from llm_service.errors import UpstreamError, UpstreamTimeout
 from llm_service.settings import Settings
 from llm_service.upstream import faults
+from llm_service.upstream.aiohttp_stream import AiohttpStreamPool
 from llm_service.upstream.auth import Auth
 from llm_service.upstream.bounded import (
     ERROR_BODY_BYTES,
@@ -38,7 +40,7 @@ from llm_service.upstream.failover import Replica, ReplicaSet
 from llm_service.upstream.faults import message_of
 from llm_service.upstream.redact import Redactor, safe_url
 from llm_service.upstream.sse import Chunk, ChunkParser
-from llm_service.upstream.stream import UpstreamStream
+from llm_service.upstream.stream import StreamResponse, StreamTransport, UpstreamStream
 from llm_service.upstream.tls import client_ssl_context
 from llm_service.upstream.wire import (
     BadResponse,
@@ -46,10 +48,11 @@ from llm_service.upstream.wire import (
     ConnectFailed,
     ConnectTimeout,
     ReadTimeout,
-    StreamConnection,
     StreamPool,
     WireError,
 )
+
+Transport = Literal["lean", "aiohttp"]
 
 _FIELDS = Settings.model_fields
 MAX_RESPONSE_BYTES: int = _FIELDS["max_upstream_response_bytes"].default
@@ -71,10 +74,10 @@ class Connections:
     """The connection pools of one event loop: aiohttp's and the streaming transport's."""
 
     session: aiohttp.ClientSession
-    streams: StreamPool
+    streams: StreamTransport[Any]
 
     async def aclose(self) -> None:
-        self.streams.close()
+        await self.streams.aclose()
         await self.session.close()
 
     @property
@@ -98,7 +101,8 @@ class UpstreamClient:
 
     Limits on what the server sends: ``max_response_bytes`` (a whole answer or a JSON
     reply), ``max_line_bytes`` (one line of a stream); error bodies are read up to
-    ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES``. Every text
+    ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES`` (with
+    ``transport="aiohttp"``, aiohttp's limits, as for whole answers). Every text
     of the server's that ends in an error message goes through ``redactor`` first; the
     auth registers its secrets and tokens with it.
     """
@@ -119,6 +123,7 @@ class UpstreamClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         max_line_bytes: int = MAX_LINE_BYTES,
         redactor: Redactor | None = None,
+        transport: Transport = "lean",
     ) -> None:
         urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
         self.replica_set = ReplicaSet(urls, cooldown=replica_cooldown)
@@ -135,6 +140,9 @@ class UpstreamClient:
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.connections = connections
+        if transport not in ("lean", "aiohttp"):
+            raise ValueError(f"unknown streaming transport {transport!r}: lean or aiohttp")
+        self.transport = transport
         self.ssl = client_ssl_context(skip_verify=tls_skip_verify, ca_bundle=tls_ca_bundle)
         self._shared: Connections | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,10 +166,20 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
             **_HEAD_LIMITS,  # type: ignore[arg-type]  # (a dict of ints only)
         )
-        streams = StreamPool(
+        return Connections(session, self._new_stream_transport())
+
+    def _new_stream_transport(self) -> StreamTransport[Any]:
+        """The streaming transport: its own pool of ``connections``, the same TLS context."""
+        if self.transport == "aiohttp":
+            return AiohttpStreamPool(
+                ssl_context=self.ssl,
+                connect_timeout=self.connect_timeout,
+                limit=self.connections,
+                head_limits=_HEAD_LIMITS,
+            )
+        return StreamPool(
             ssl_context=self.ssl, connect_timeout=self.connect_timeout, limit=self.connections
         )
-        return Connections(session, streams)
 
     async def start(self) -> None:
         """Open the shared pools on the running loop and start the auth's background work
@@ -380,17 +398,20 @@ class UpstreamClient:
         replica: Replica,
         data: bytes,
         extra_headers: Mapping[str, str] | None,
-    ) -> StreamConnection:
-        """Send a streamed request over the lean transport; returns once the head of a
+    ) -> StreamResponse:
+        """Send a streamed request over the streaming transport; returns once the head of a
         successful answer has arrived. Errors map as in ``_request`` (a 401 refreshes the
-        credentials once and sends the request once more)."""
+        credentials once and sends the request once more); both transports raise the same
+        exceptions, so both map here, to the same messages."""
         session, pool = connections.session, connections.streams
         redact = self.redactor
         retried = False
         while True:
             headers = await self._headers(session, extra_headers)
             try:
-                conn = await pool.open(replica.chat_url, data, headers, total=self.total_timeout)
+                conn: StreamResponse = await pool.open(
+                    replica.chat_url, data, headers, total=self.total_timeout
+                )
             except ConnectTimeout:
                 raise faults.connect_timeout(self.connect_timeout) from None
             except CertificateError as exc:

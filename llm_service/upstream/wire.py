@@ -489,6 +489,10 @@ class StreamPool:
                 conn.close()
         self._idle.clear()
 
+    async def aclose(self) -> None:
+        """``close``, for callers that close either streaming transport."""
+        self.close()
+
     async def _connect(self, origin: Origin) -> StreamConnection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
