@@ -88,7 +88,9 @@ class AiohttpStreamResponse:
         except aiohttp.ClientPayloadError as exc:
             # A body cut short (closed before its length or last chunk) or badly framed:
             # the lean transport calls both a broken stream.
-            self.error = WireError(f"the model server closed the connection: {exc}")
+            self.error = WireError(
+                f"the model server closed the connection before the body ended ({exc})"
+            )
             raise self.error from None
         except (aiohttp.ClientError, OSError) as exc:
             self.error = WireError(f"connection lost: {exc}")
