@@ -194,12 +194,45 @@ async def test_an_error_body_is_read_up_to_its_limit(transport: str) -> None:
         p.release(conn)
 
 
-async def test_a_refused_connection_is_connect_failed(transport: str) -> None:
+def closes_on_second_request(server: Server) -> Handler:
+    """Answers a connection's first request; reads its second and closes unanswered, as a
+    server does that timed out the idle connection as the request arrived."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.requests.append(await read_request(reader))
+        writer.write(SSE_HEAD + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        server.requests.append(await read_request(reader))
+
+    return handler
+
+
+async def test_a_kept_alive_connection_dropped_unanswered_is_replaced_once(
+    transport: str,
+) -> None:
+    async with serve(closes_on_second_request) as server, pool(transport) as p:
+        assert await body_of(p, server.url) == b"data: [DONE]\n\n"
+        assert await body_of(p, server.url) == b"data: [DONE]\n\n"  # on a new connection
+    assert server.connections == 2 and len(server.requests) == 3
+
+
+async def test_a_new_connection_dropped_unanswered_is_an_error(transport: str) -> None:
+    async with serve(reply_once(b"")) as server, pool(transport) as p:
+        with pytest.raises(WireError, match="before answering"):
+            await p.open(server.url, b"{}", {}, total=5.0)
+    assert server.connections == 1  # not sent again: the model may have seen it
+
+
+async def test_a_refused_connection_and_header_injection(transport: str) -> None:
     async with serve(keep_alive_sse) as server:
         url = server.url
     async with pool(transport) as p:
         with pytest.raises(ConnectFailed):
             await p.open(url, b"{}", {}, total=1.0)  # nobody listens there any more
+    async with serve(keep_alive_sse) as server, pool(transport) as p:
+        with pytest.raises(ValueError):
+            await p.open(server.url, b"{}", {"X-Request-ID": "a\r\nEvil: 1"}, total=1.0)
+    assert server.requests == []
 
 
 async def test_requests_past_the_limit_wait_for_a_connection(transport: str) -> None:
