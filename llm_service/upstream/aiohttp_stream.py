@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDictProxy
 
 from llm_service.upstream.wire import (
     BadResponse,
@@ -64,7 +62,7 @@ class AiohttpStreamResponse:
     def __init__(self, response: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop) -> None:
         self.response = response
         self.status: int = response.status
-        self.headers: CIMultiDictProxy[str] = response.headers  # case-insensitive lookups
+        self.headers: Mapping[str, str] = response.headers  # looked up case-insensitively
         self.complete = False  # the whole body has been read
         self.error: WireError | None = None
         self._content = response.content
@@ -183,31 +181,20 @@ class AiohttpStreamResponse:
 class AiohttpStreamPool:
     """Streamed requests over an aiohttp session of their own, for one event loop.
 
-    At most ``limit`` connections carry a request at once (aiohttp's connector limit,
-    ``LLM_UPSTREAM_CONNECTIONS``); ``head_limits`` are the session's limits on a response
-    head, those of the client's other session."""
+    The client builds ``session`` as it builds the one for whole answers (the connection
+    limit ``LLM_UPSTREAM_CONNECTIONS``, the TLS context, the limits on a response head), with
+    ``trace_configs()``, which tells a kept-alive connection from a new one."""
 
-    def __init__(
-        self,
-        *,
-        ssl_context: ssl.SSLContext,
-        connect_timeout: float | None,
-        limit: int = 2048,
-        head_limits: Mapping[str, int] | None = None,
-    ) -> None:
-        self.connect_timeout = connect_timeout
-        self.ssl_context = ssl_context
+    def __init__(self, session: aiohttp.ClientSession, *, connect_timeout: float | None) -> None:
+        self.session = session
+        # The total and idle limits are this module's timers; aiohttp only connects.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+
+    @staticmethod
+    def trace_configs() -> list[aiohttp.TraceConfig]:
         trace = aiohttp.TraceConfig()
         trace.on_connection_reuseconn.append(_mark_reused)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ssl=ssl_context),
-            # The total and idle limits are this module's timers; aiohttp only connects.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[trace],
-            **dict(head_limits or {}),  # type: ignore[arg-type]  # (a dict of ints only)
-        )
+        return [trace]
 
     @property
     def closed(self) -> bool:
@@ -248,6 +235,7 @@ class AiohttpStreamPool:
                     url,
                     data=body,
                     headers=headers,
+                    timeout=self._timeout,
                     allow_redirects=False,  # a redirect would carry the prompt and the key away
                     trace_request_ctx=attempt,
                 )

@@ -156,27 +156,30 @@ class UpstreamClient:
     # --- connection pools, per event loop ---------------------------------------------------
 
     def _new_connections(self) -> Connections:
+        return Connections(self._new_session(), self._new_stream_transport())
+
+    def _new_session(self, **options: Any) -> aiohttp.ClientSession:
+        """An aiohttp session towards the model server: whole answers and small calls, and
+        streams with ``transport="aiohttp"`` (a session of their own, built here too, so
+        both take the same connection, TLS and head settings)."""
         connector = aiohttp.TCPConnector(
             limit=self.connections, limit_per_host=self.connections, ssl=self.ssl
         )
-        session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
             **_HEAD_LIMITS,  # type: ignore[arg-type]  # (a dict of ints only)
+            **options,
         )
-        return Connections(session, self._new_stream_transport())
 
     def _new_stream_transport(self) -> StreamTransport[Any]:
-        """The streaming transport: its own pool of ``connections``, the same TLS context."""
+        """The streaming transport: a pool of its own of ``connections``, the same TLS
+        context."""
         if self.transport == "aiohttp":
-            return AiohttpStreamPool(
-                ssl_context=self.ssl,
-                connect_timeout=self.connect_timeout,
-                limit=self.connections,
-                head_limits=_HEAD_LIMITS,
-            )
+            session = self._new_session(trace_configs=AiohttpStreamPool.trace_configs())
+            return AiohttpStreamPool(session, connect_timeout=self.connect_timeout)
         return StreamPool(
             ssl_context=self.ssl, connect_timeout=self.connect_timeout, limit=self.connections
         )

@@ -8,7 +8,6 @@ timeouts, replicas, TLS, auth, limits, disconnects) run over both transports as 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from llm_service.upstream.aiohttp_stream import AiohttpStreamPool
+from llm_service.upstream.client import Transport, UpstreamClient
 from llm_service.upstream.stream import StreamResponse, StreamTransport
 from llm_service.upstream.wire import (
     BadResponse,
@@ -42,12 +42,13 @@ from tests.support.servers import FakeServer, ServiceServer, settings_for
 
 @asynccontextmanager
 async def pool(transport: str, limit: int = 2048) -> AsyncIterator[StreamTransport[Any]]:
-    context = ssl.create_default_context()
-    p: StreamTransport[Any]
-    if transport == "lean":
-        p = StreamPool(ssl_context=context, connect_timeout=2.0, limit=limit)
-    else:
-        p = AiohttpStreamPool(ssl_context=context, connect_timeout=2.0, limit=limit)
+    """The client's streaming transport as ``LLM_UPSTREAM_TRANSPORT=transport`` builds it."""
+    kind: Transport = "lean" if transport == "lean" else "aiohttp"
+    client = UpstreamClient(
+        "http://127.0.0.1:1", connect_timeout=2.0, connections=limit, transport=kind
+    )
+    p = client._new_stream_transport()
+    assert isinstance(p, StreamPool if transport == "lean" else AiohttpStreamPool)
     try:
         yield p
     finally:
