@@ -229,9 +229,7 @@ def test_a_redirect_is_502_and_not_followed(
         elsewhere.close()
 
 
-def test_the_token_endpoint_redirect_is_not_followed(
-    server: HostileServer, transport: str
-) -> None:
+def test_the_token_endpoint_redirect_is_not_followed(server: HostileServer, transport: str) -> None:
     """The client secret is posted to the configured token URL and nowhere else."""
     issuer = TokenServer(client_secret="oauth-secret-1234")
     elsewhere = FakeServer(app=issuer.app())
