@@ -288,6 +288,13 @@ class Settings(BaseSettings):
         description="Seconds in-flight requests may finish after SIGTERM; streams still open "
         "then end with an SSE error event and [DONE].",
     )
+    # --- the streaming transport towards the model server --------------------------------------
+    upstream_transport: Literal["lean", "aiohttp"] = Field(
+        "lean",
+        description="How streamed answers travel from the model server: 'lean' (the service's "
+        "own HTTP/1.1 client, least CPU per token) or 'aiohttp' (the library that carries whole "
+        "answers; the same behaviour, more CPU per token). Whole answers use aiohttp either way.",
+    )
     # --- limits on what clients and model servers may send ------------------------------------
     max_header_bytes: int = Field(
         32 * 1024,

@@ -60,6 +60,7 @@ def build_client(settings: Settings, base_url: str) -> UpstreamClient:
         tls_client_key=settings.tls_client_key,
         proxies=Proxies.from_settings(settings),
         replica_cooldown=settings.replica_cooldown,
+        transport=settings.upstream_transport,
     )
 
 

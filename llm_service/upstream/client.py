@@ -1,7 +1,8 @@
 """The one way to talk to a model server: OpenAI-compatible chat completions.
 
-Streams go over the lean transport in ``wire.py`` (the per-token hot path) and come back as
-an ``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
+Streams go over the lean transport in ``wire.py`` (the per-token hot path), or over aiohttp
+(``aiohttp_stream.py``) with ``transport="aiohttp"``, and come back as an
+``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
 aiohttp. Both share the replicas' failover (``failover.py``), the credentials (``auth.py``),
 one TLS context (``tls.py``, with the client certificate of mutual TLS), one choice of
 proxy (``proxy.py``) and one error mapping (``faults.py``). Credentials in a replica's URL
@@ -20,7 +21,7 @@ import socket
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -28,6 +29,7 @@ import orjson
 from llm_service.errors import UpstreamError, UpstreamTimeout
 from llm_service.settings import Settings
 from llm_service.upstream import faults, proxy
+from llm_service.upstream.aiohttp_stream import AiohttpStreamPool
 from llm_service.upstream.auth import Auth, url_credentials
 from llm_service.upstream.bounded import (
     ERROR_BODY_BYTES,
@@ -41,7 +43,7 @@ from llm_service.upstream.faults import message_of, os_reason
 from llm_service.upstream.proxy import Proxies
 from llm_service.upstream.redact import Redactor, safe_url
 from llm_service.upstream.sse import Chunk, ChunkParser
-from llm_service.upstream.stream import UpstreamStream
+from llm_service.upstream.stream import StreamResponse, StreamTransport, UpstreamStream
 from llm_service.upstream.tls import client_ssl_context
 from llm_service.upstream.wire import (
     BadResponse,
@@ -50,10 +52,11 @@ from llm_service.upstream.wire import (
     ConnectTimeout,
     ProxyError,
     ReadTimeout,
-    StreamConnection,
     StreamPool,
     WireError,
 )
+
+Transport = Literal["lean", "aiohttp"]
 
 _FIELDS = Settings.model_fields
 MAX_RESPONSE_BYTES: int = _FIELDS["max_upstream_response_bytes"].default
@@ -75,10 +78,10 @@ class Connections:
     """The connection pools of one event loop: aiohttp's and the streaming transport's."""
 
     session: aiohttp.ClientSession
-    streams: StreamPool
+    streams: StreamTransport[Any]
 
     async def aclose(self) -> None:
-        self.streams.close()
+        await self.streams.aclose()
         await self.session.close()
 
     @property
@@ -107,7 +110,8 @@ class UpstreamClient:
 
     Limits on what the server sends: ``max_response_bytes`` (a whole answer or a JSON
     reply), ``max_line_bytes`` (one line of a stream); error bodies are read up to
-    ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES``. Every text
+    ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES`` (with
+    ``transport="aiohttp"``, aiohttp's limits, as for whole answers). Every text
     of the server's that ends in an error message goes through ``redactor`` first; the
     auth registers its secrets and tokens with it.
     """
@@ -132,6 +136,7 @@ class UpstreamClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         max_line_bytes: int = MAX_LINE_BYTES,
         redactor: Redactor | None = None,
+        transport: Transport = "lean",
     ) -> None:
         urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
         self.replica_set = ReplicaSet(urls, cooldown=replica_cooldown)
@@ -150,6 +155,9 @@ class UpstreamClient:
         self.idle_timeout = idle_timeout
         self.connections = connections
         self.keepalive = keepalive
+        if transport not in ("lean", "aiohttp"):
+            raise ValueError(f"unknown streaming transport {transport!r}: lean or aiohttp")
+        self.transport = transport
         self.ssl = client_ssl_context(
             skip_verify=tls_skip_verify,
             ca_bundle=tls_ca_bundle,
@@ -169,6 +177,12 @@ class UpstreamClient:
     # --- connection pools, per event loop ---------------------------------------------------
 
     def _new_connections(self) -> Connections:
+        return Connections(self._new_session(), self._new_stream_transport())
+
+    def _new_session(self, **options: Any) -> aiohttp.ClientSession:
+        """An aiohttp session towards the model server: whole answers and small calls, and
+        streams with ``transport="aiohttp"`` (a session of their own, built here too, so
+        both take the same connection, TLS, keep-alive and head settings)."""
         # aiohttp's own default keeps idle connections 15 s, longer than the model servers
         # do (5 s): the same limit as the streams' pool. It takes no 0: force_close is that.
         reuse: dict[str, Any] = (
@@ -177,22 +191,31 @@ class UpstreamClient:
         connector = aiohttp.TCPConnector(
             limit=self.connections, limit_per_host=self.connections, ssl=self.ssl, **reuse
         )
-        session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
             trust_env=False,  # the proxy is chosen per request (Proxies), as for streams
             **_HEAD_LIMITS,  # type: ignore[arg-type]  # (a dict of ints only)
+            **options,
         )
-        streams = StreamPool(
+
+    def _new_stream_transport(self) -> StreamTransport[Any]:
+        """The streaming transport: a pool of its own of ``connections``, the same TLS
+        context, proxies and keep-alive."""
+        if self.transport == "aiohttp":
+            session = self._new_session(trace_configs=AiohttpStreamPool.trace_configs())
+            return AiohttpStreamPool(
+                session, connect_timeout=self.connect_timeout, proxies=self.proxies
+            )
+        return StreamPool(
             ssl_context=self.ssl,
             connect_timeout=self.connect_timeout,
             limit=self.connections,
             proxies=self.proxies,
             keepalive=self.keepalive,
         )
-        return Connections(session, streams)
 
     async def start(self) -> None:
         """Open the shared pools on the running loop and start the auth's background work
@@ -444,10 +467,11 @@ class UpstreamClient:
         replica: Replica,
         data: bytes,
         extra_headers: Mapping[str, str] | None,
-    ) -> StreamConnection:
-        """Send a streamed request over the lean transport; returns once the head of a
+    ) -> StreamResponse:
+        """Send a streamed request over the streaming transport; returns once the head of a
         successful answer has arrived. Errors map as in ``_request`` (a 401 refreshes the
-        credentials once and sends the request once more)."""
+        credentials once and sends the request once more); both transports raise the same
+        exceptions, so both map here, to the same messages."""
         session, pool = connections.session, connections.streams
         redact = self.redactor
         retried = False
@@ -455,7 +479,7 @@ class UpstreamClient:
         while True:
             headers = await self._headers(session, extra_headers, basic)
             try:
-                conn = await pool.open(url, data, headers, total=self.total_timeout)
+                conn: StreamResponse = await pool.open(url, data, headers, total=self.total_timeout)
             except ProxyError as exc:
                 if exc.status is not None:
                     raise proxy.refused(exc.status) from None

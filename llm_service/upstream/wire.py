@@ -587,6 +587,10 @@ class StreamPool:
                 conn.close()
         self._idle.clear()
 
+    async def aclose(self) -> None:
+        """``close``, for callers that close either streaming transport."""
+        self.close()
+
     async def _connect(self, origin: Origin) -> StreamConnection:
         proxy = self._routes.get(origin)
         if proxy is not None:

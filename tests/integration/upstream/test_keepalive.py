@@ -28,11 +28,6 @@ LINGER_0 = struct.pack("ii", 1, 0)
 WHOLE = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"whole"}}]}'
 
 
-@pytest.fixture(params=["lean"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def answer(writer: asyncio.StreamWriter, request: bytes) -> None:
     """A streamed answer (two chunks and [DONE]), or a whole JSON one for a
     ``"stream":false`` request (aiohttp's path)."""
@@ -133,10 +128,15 @@ def one_answer_per_connection(server: Server) -> Handler:
 
 
 def client_for(
-    server: Server, *, keepalive: float, first_token_timeout: float | None = None
+    server: Server,
+    *,
+    keepalive: float,
+    first_token_timeout: float | None = None,
+    transport: str = "lean",
 ) -> UpstreamClient:
     return UpstreamClient(
         server.url.removesuffix("/v1/chat/completions"),
+        transport="aiohttp" if transport == "aiohttp" else "lean",
         connect_timeout=2.0,
         total_timeout=10.0,
         first_token_timeout=first_token_timeout,
@@ -158,7 +158,7 @@ async def test_an_expired_connection_is_not_reused_so_a_silent_drop_costs_nothin
 ) -> None:
     seen = Dropper()
     async with serve(silent_dropper(0.3, seen)) as server:
-        client = client_for(server, keepalive=0.1, first_token_timeout=5.0)
+        client = client_for(server, keepalive=0.1, first_token_timeout=5.0, transport=transport)
         await client.start()
         try:
             assert await streamed_text(client) == "ab"
@@ -178,7 +178,7 @@ async def test_a_connection_kept_past_the_silent_drop_hangs_until_the_first_toke
 ) -> None:
     seen = Dropper()
     async with serve(silent_dropper(0.3, seen)) as server:
-        client = client_for(server, keepalive=5.0, first_token_timeout=0.8)
+        client = client_for(server, keepalive=5.0, first_token_timeout=0.8, transport=transport)
         await client.start()
         try:
             assert await streamed_text(client) == "ab"
@@ -215,7 +215,7 @@ async def test_whole_answers_over_aiohttp_expire_alike() -> None:
 async def test_within_the_keepalive_the_connection_is_reused(transport: str) -> None:
     seen = Dropper()
     async with serve(silent_dropper(5.0, seen)) as server:
-        client = client_for(server, keepalive=4.0)
+        client = client_for(server, keepalive=4.0, transport=transport)
         await client.start()
         try:
             for _ in range(3):
@@ -229,7 +229,7 @@ async def test_within_the_keepalive_the_connection_is_reused(transport: str) -> 
 async def test_keepalive_zero_never_reuses(transport: str) -> None:
     seen = Dropper()
     async with serve(silent_dropper(5.0, seen)) as server:
-        client = client_for(server, keepalive=0)
+        client = client_for(server, keepalive=0, transport=transport)
         await client.start()
         try:
             for _ in range(3):
@@ -241,9 +241,8 @@ async def test_keepalive_zero_never_reuses(transport: str) -> None:
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
-async def test_a_connection_the_server_closed_while_idle_is_not_used(
-    transport: str, reset: bool
-) -> None:
+async def test_a_connection_the_server_closed_while_idle_is_not_used(reset: bool) -> None:
+    # The lean pool's own bookkeeping (aiohttp's connector is tested by aiohttp).
     async with serve(idle_closer(0.1, reset=reset)) as server:
         client = client_for(server, keepalive=4.0)
         await client.start()
@@ -252,7 +251,9 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used(
             await asyncio.sleep(0.3)  # the server closed it meanwhile
             # Noticed while idle (connection_lost), before any request is sent on it.
             assert client._shared is not None
-            idle = [c for conns in client._shared.streams._idle.values() for c in conns]
+            pool = client._shared.streams
+            assert isinstance(pool, StreamPool)
+            idle = [c for conns in pool._idle.values() for c in conns]
             assert len(idle) == 1 and idle[0].closed
             assert await streamed_text(client) == "ab"
         finally:
@@ -265,7 +266,7 @@ async def test_a_stale_connection_failing_before_any_byte_is_retried_once(
     transport: str,
 ) -> None:
     async with serve(one_answer_per_connection) as server:
-        client = client_for(server, keepalive=4.0)
+        client = client_for(server, keepalive=4.0, transport=transport)
         await client.start()
         try:
             assert await streamed_text(client) == "ab"

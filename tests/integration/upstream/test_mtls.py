@@ -19,11 +19,6 @@ from tests.support.forward_proxy import ForwardProxy
 from tests.support.servers import FakeServer, ServiceServer, settings_for
 
 
-@pytest.fixture(params=["lean"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
@@ -79,6 +74,7 @@ def test_client_certificate_opens_every_path(
     before = len(mtls_fake.fake.requests)
     ready, streamed, whole = run(
         mtls_fake.url,
+        upstream_transport=transport,
         tls_ca_bundle=files["ca"],
         tls_client_cert=files["cert"],
         tls_client_key=files["key"],
@@ -94,7 +90,12 @@ def test_client_certificate_opens_every_path(
 def test_a_certificate_file_holding_its_key_needs_no_key_file(
     transport: str, mtls_fake: FakeServer, files: dict[str, Path]
 ) -> None:
-    for resp in run(mtls_fake.url, tls_ca_bundle=files["ca"], tls_client_cert=files["both"]):
+    for resp in run(
+        mtls_fake.url,
+        upstream_transport=transport,
+        tls_ca_bundle=files["ca"],
+        tls_client_cert=files["both"],
+    ):
         assert resp.status_code == 200, resp.text
 
 
@@ -102,7 +103,9 @@ def test_without_a_client_certificate_the_request_fails_and_says_why(
     transport: str, mtls_fake: FakeServer, files: dict[str, Path]
 ) -> None:
     before = len(mtls_fake.fake.requests)
-    ready, streamed, whole = run(mtls_fake.url, tls_ca_bundle=files["ca"])
+    ready, streamed, whole = run(
+        mtls_fake.url, upstream_transport=transport, tls_ca_bundle=files["ca"]
+    )
     assert ready.status_code == 503
     for resp in (streamed, whole):
         assert resp.status_code in (502, 503), resp.text
@@ -118,6 +121,7 @@ def test_the_client_certificate_is_shown_through_a_proxy_tunnel(
     try:
         responses = run(
             mtls_fake.url,
+            upstream_transport=transport,
             https_proxy=proxy.url,
             tls_ca_bundle=files["ca"],
             tls_client_cert=files["both"],

@@ -27,11 +27,6 @@ from tests.support.token_server import TokenServer
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture(params=["lean"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def forward_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForwardProxy]:
     proxy = ForwardProxy(tmp_path_factory.mktemp("proxy"))
@@ -95,7 +90,7 @@ def test_http_streams_whole_answers_and_models_go_through_the_proxy(
 ) -> None:
     origin = f"127.0.0.1:{fake_server.port}"
     before = forward_proxy.wait_for("POST", f"{origin}{CHAT}", timeout=0)
-    assert_ok(run(fake_server.url, http_proxy=forward_proxy.url))
+    assert_ok(run(fake_server.url, upstream_transport=transport, http_proxy=forward_proxy.url))
     assert len(fake.requests) == 2
     assert forward_proxy.wait_for("POST", f"{origin}{CHAT}", before + 2) == before + 2
     assert forward_proxy.wait_for("GET", f"{origin}/v1/models") >= 1
@@ -110,6 +105,7 @@ def test_https_goes_through_a_connect_tunnel(
     assert_ok(
         run(
             https_fake.url,
+            upstream_transport=transport,
             https_proxy=forward_proxy.url,
             http_proxy=dead_proxy(),
             tls_ca_bundle=ca_file,
@@ -125,7 +121,9 @@ def test_https_goes_through_a_connect_tunnel(
 def test_the_tunnelled_server_certificate_is_still_checked(
     transport: str, https_fake: FakeServer, forward_proxy: ForwardProxy
 ) -> None:
-    ready, streamed, whole = run(https_fake.url, https_proxy=forward_proxy.url)
+    ready, streamed, whole = run(
+        https_fake.url, upstream_transport=transport, https_proxy=forward_proxy.url
+    )
     assert ready.status_code == 503
     for resp in (streamed, whole):
         assert resp.status_code == 502
@@ -137,10 +135,22 @@ def test_no_proxy_hosts_are_reached_directly(
 ) -> None:
     # The proxy is dead: only a direct connection can answer.
     for no_proxy in ("127.0.0.1", f"localhost, 127.0.0.1:{fake_server.port}", "127.0.0.0/8", "*"):
-        assert_ok(run(fake_server.url, http_proxy=dead_proxy(), no_proxy=no_proxy))
+        assert_ok(
+            run(
+                fake_server.url,
+                upstream_transport=transport,
+                http_proxy=dead_proxy(),
+                no_proxy=no_proxy,
+            )
+        )
     # An entry for another port, or a name that only ends like the host, is no exemption.
     for no_proxy in (f"127.0.0.1:{fake_server.port + 1}", "0.0.1"):
-        ready, streamed, whole = run(fake_server.url, http_proxy=dead_proxy(), no_proxy=no_proxy)
+        ready, streamed, whole = run(
+            fake_server.url,
+            upstream_transport=transport,
+            http_proxy=dead_proxy(),
+            no_proxy=no_proxy,
+        )
         assert (ready.status_code, streamed.status_code, whole.status_code) == (503, 503, 503)
 
 
@@ -156,7 +166,7 @@ def test_a_dead_proxy_is_a_clear_503_and_nothing_goes_direct(
         (fake_server.url, {"http_proxy": dead_proxy()}),
         (https_fake.url, {"https_proxy": dead_proxy(), "tls_ca_bundle": ca_file}),
     ):
-        ready, streamed, whole = run(url, **proxy)
+        ready, streamed, whole = run(url, upstream_transport=transport, **proxy)
         assert ready.status_code == 503
         for resp in (streamed, whole):
             assert resp.status_code == 503, resp.text
@@ -172,6 +182,7 @@ def test_trust_env_false_ignores_the_proxy(
     assert_ok(
         run(
             fake_server.url,
+            upstream_transport=transport,
             http_proxy=dead_proxy(),
             https_proxy=dead_proxy(),
             upstream_trust_env=False,
@@ -194,15 +205,22 @@ def test_proxy_credentials_and_a_407(
     try:
         wrong = guarded.url.replace("tiger-pw", "wrong-pw")
         anonymous = f"http://127.0.0.1:{guarded.port}"
-        assert_ok(run(fake_server.url, http_proxy=guarded.url))
-        assert_ok(run(https_fake.url, https_proxy=guarded.url, tls_ca_bundle=ca_file))
+        assert_ok(run(fake_server.url, upstream_transport=transport, http_proxy=guarded.url))
+        assert_ok(
+            run(
+                https_fake.url,
+                upstream_transport=transport,
+                https_proxy=guarded.url,
+                tls_ca_bundle=ca_file,
+            )
+        )
         assert guarded.wait_for("CONNECT", f"127.0.0.1:{https_fake.port}") >= 1
         for url, setting in (
             (fake_server.url, {"http_proxy": wrong}),
             (fake_server.url, {"http_proxy": anonymous}),
             (https_fake.url, {"https_proxy": wrong, "tls_ca_bundle": ca_file}),
         ):
-            _, streamed, whole = run(url, **setting)
+            _, streamed, whole = run(url, upstream_transport=transport, **setting)
             for resp in (streamed, whole):
                 assert resp.status_code == 502, resp.text
                 message = resp.json()["error"]["message"]
@@ -227,6 +245,7 @@ def test_the_oauth_token_endpoint_goes_through_the_proxy(
         assert_ok(
             run(
                 fake_server.url,
+                upstream_transport=transport,
                 http_proxy=forward_proxy.url,
                 vllm_token_url=f"{token_http.url}/oauth/token",
                 vllm_client_id="svc",
@@ -239,6 +258,7 @@ def test_the_oauth_token_endpoint_goes_through_the_proxy(
         issued = len(issuer.issued)
         ready, streamed, _ = run(
             fake_server.url,
+            upstream_transport=transport,
             http_proxy=dead_proxy(),
             no_proxy=f"127.0.0.1:{fake_server.port}",  # the model server itself is direct
             vllm_token_url=f"{token_http.url}/oauth/token",
@@ -272,12 +292,14 @@ def test_the_openai_sdk_clients_go_through_the_same_proxy(
 ) -> None:
     target = f"127.0.0.1:{fake_server.port}{path}"
     before = forward_proxy.wait_for("POST", target, timeout=0)
-    _, streamed, whole = run(fake_server.url, http_proxy=forward_proxy.url, **mode)
+    _, streamed, whole = run(
+        fake_server.url, upstream_transport=transport, http_proxy=forward_proxy.url, **mode
+    )
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
     assert whole.status_code == 200, whole.text
     assert forward_proxy.wait_for("POST", target, before + 2) >= before + 2
     # ... and they are as blind to a proxy that is switched off as the lean client.
-    assert ask_direct(fake_server.url, **mode).status_code == 200
+    assert ask_direct(fake_server.url, upstream_transport=transport, **mode).status_code == 200
 
 
 def ask_direct(url: str, **mode: str) -> httpx.Response:

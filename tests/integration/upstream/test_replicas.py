@@ -28,9 +28,10 @@ def pair() -> Iterator[tuple[FakeServer, FakeServer]]:
     b.close()
 
 
-def start_service(*replicas: FakeServer, **overrides: Any) -> ServiceServer:
+def start_service(transport: str, *replicas: FakeServer, **overrides: Any) -> ServiceServer:
     endpoint = ",".join(r.url for r in replicas)
     values: dict[str, Any] = {"replica_cooldown": COOLDOWN, "startup_wait": 0, **overrides}
+    values["upstream_transport"] = transport
     return ServiceServer(settings_for(endpoint, **values))
 
 
@@ -39,9 +40,9 @@ def ask(service: ServiceServer, stream: bool = True) -> httpx.Response:
     return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30)
 
 
-def test_requests_take_turns_when_idle(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_requests_take_turns_when_idle(transport: str, pair: tuple[FakeServer, FakeServer]) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         for _ in range(6):
             assert ask(service).status_code == 200
@@ -50,11 +51,13 @@ def test_requests_take_turns_when_idle(pair: tuple[FakeServer, FakeServer]) -> N
         service.close()
 
 
-def test_least_in_flight_gets_the_request(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_least_in_flight_gets_the_request(
+    transport: str, pair: tuple[FakeServer, FakeServer]
+) -> None:
     a, b = pair
     slow = Script(tokens=[f" s{i}" for i in range(10)], token_delay=0.2)
     a.fake.default = b.fake.default = slow
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         long_one = threading.Thread(target=ask, args=(service,))
         long_one.start()
@@ -73,10 +76,11 @@ def test_least_in_flight_gets_the_request(pair: tuple[FakeServer, FakeServer]) -
 
 
 def test_killed_replica_is_retried_elsewhere_cooled_down_and_used_again(
+    transport: str,
     pair: tuple[FakeServer, FakeServer],
 ) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         assert ask(service).status_code == 200
         assert ask(service).status_code == 200
@@ -102,9 +106,9 @@ def test_killed_replica_is_retried_elsewhere_cooled_down_and_used_again(
         service.close()
 
 
-def test_all_replicas_down_is_503(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_all_replicas_down_is_503(transport: str, pair: tuple[FakeServer, FakeServer]) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         a.close()
         b.close()
@@ -116,13 +120,15 @@ def test_all_replicas_down_is_503(pair: tuple[FakeServer, FakeServer]) -> None:
         service.close()
 
 
-def test_overloaded_replica_is_retried_on_the_other(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_overloaded_replica_is_retried_on_the_other(
+    transport: str, pair: tuple[FakeServer, FakeServer]
+) -> None:
     a, b = pair
     busy = Script(status=503, error_body={"object": "error", "message": "overloaded"})
     a.fake.default = b.fake.default = busy
     a.fake.push(Script())
     b.fake.push(Script())
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         # whichever replica is asked first answers 503 on its second request; then the other
         assert ask(service).status_code == 200
@@ -134,11 +140,13 @@ def test_overloaded_replica_is_retried_on_the_other(pair: tuple[FakeServer, Fake
         service.close()
 
 
-def test_no_retry_once_tokens_were_sent(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_no_retry_once_tokens_were_sent(
+    transport: str, pair: tuple[FakeServer, FakeServer]
+) -> None:
     a, b = pair
     dying = Script(tokens=[f" d{i}" for i in range(6)], die_after=3)
     a.fake.default = b.fake.default = dying
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         resp = ask(service)
         assert resp.status_code == 200
@@ -152,10 +160,11 @@ def test_no_retry_once_tokens_were_sent(pair: tuple[FakeServer, FakeServer]) -> 
 
 
 def test_readiness_is_ready_while_one_replica_answers(
+    transport: str,
     pair: tuple[FakeServer, FakeServer],
 ) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         a.close()
         for _ in range(2):

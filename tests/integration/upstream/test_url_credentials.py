@@ -20,11 +20,6 @@ PASSWORD = "pa55-w0rd-in-url"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
-@pytest.fixture(params=["lean"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def with_credentials(url: str) -> str:
     return url.replace("://", f"://{USER}:{PASSWORD}@", 1)
 
@@ -47,7 +42,9 @@ def run(url: str, **overrides: Any) -> list[httpx.Response]:
 def test_url_credentials_are_sent_as_basic_on_every_path(
     transport: str, client: str, fake: FakeOpenAI, fake_server: FakeServer
 ) -> None:
-    for resp in run(with_credentials(fake_server.url), model_client=client):
+    for resp in run(
+        with_credentials(fake_server.url), upstream_transport=transport, model_client=client
+    ):
         assert resp.status_code == 200, resp.text
     assert [h.get("Authorization") for h in fake.headers] == [BASIC, BASIC]
 
@@ -57,7 +54,10 @@ def test_the_api_key_wins_over_url_credentials(
     transport: str, client: str, fake: FakeOpenAI, fake_server: FakeServer
 ) -> None:
     responses = run(
-        with_credentials(fake_server.url), vllm_api_key="sk-explicit-key", model_client=client
+        with_credentials(fake_server.url),
+        upstream_transport=transport,
+        vllm_api_key="sk-explicit-key",
+        model_client=client,
     )
     for resp in responses:
         assert resp.status_code == 200, resp.text
@@ -71,10 +71,10 @@ def test_failures_show_neither_the_password_nor_the_header(
     # A server that echoes what it was sent, as some gateways do ...
     echo = {"error": {"message": f"bad credentials {BASIC} for {with_credentials('http://x')}"}}
     fake.push(Script(status=400, error_body=echo), Script(status=500, error_body=echo))
-    _, streamed, whole = run(with_credentials(fake_server.url))
+    _, streamed, whole = run(with_credentials(fake_server.url), upstream_transport=transport)
     # ... and one that is not there at all.
     dead = with_credentials(f"http://127.0.0.1:{free_port()}")
-    dead_ready, dead_streamed, dead_whole = run(dead)
+    dead_ready, dead_streamed, dead_whole = run(dead, upstream_transport=transport)
     assert streamed.status_code >= 400 and whole.status_code >= 400
     assert (dead_ready.status_code, dead_streamed.status_code, dead_whole.status_code) == (
         503,
