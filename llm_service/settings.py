@@ -9,6 +9,7 @@ in order of precedence, from keyword arguments, the process environment, an env 
 from __future__ import annotations
 
 import re
+import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -47,6 +49,13 @@ class ModelServer(StrEnum):
 
 class SettingsError(ValueError):
     """Invalid configuration; the message names each offending environment variable."""
+
+
+def safe_proxy(url: str) -> str:
+    """A proxy URL without the password of its userinfo (for messages)."""
+    scheme, sep, rest = url.rpartition("://")
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}***@{host}" if at else url
 
 
 def _check_http_url(value: str) -> str:
@@ -285,6 +294,16 @@ class Settings(BaseSettings):
         "clients included). 0: only this process's own requests in flight count.",
     )
 
+    # --- kept-alive connections to the model server -----------------------------------------
+    upstream_keepalive: float = Field(
+        4.0,
+        ge=0,
+        description="Seconds an idle connection to the model server may be reused; older ones "
+        "are closed. Below the servers' own keep-alive (uvicorn, so vLLM, and llama.cpp: 5 s) "
+        "and far below NAT and load-balancer idle timeouts, so a connection they dropped "
+        "silently is never picked. 0: no reuse.",
+    )
+
     # --- LangServe routes and playground --------------------------------------------------
     langserve_path: str = Field(
         "/llm",
@@ -342,6 +361,13 @@ class Settings(BaseSettings):
         description="Seconds in-flight requests may finish after SIGTERM; streams still open "
         "then end with an SSE error event and [DONE].",
     )
+    # --- the streaming transport towards the model server --------------------------------------
+    upstream_transport: Literal["lean", "aiohttp"] = Field(
+        "lean",
+        description="How streamed answers travel from the model server: 'lean' (the service's "
+        "own HTTP/1.1 client, least CPU per token) or 'aiohttp' (the library that carries whole "
+        "answers; the same behaviour, more CPU per token). Whole answers use aiohttp either way.",
+    )
     # --- limits on what clients and model servers may send ------------------------------------
     max_header_bytes: int = Field(
         32 * 1024,
@@ -384,6 +410,44 @@ class Settings(BaseSettings):
         None,
         description="Comma-separated API keys callers must send as 'Authorization: Bearer "
         "<key>' (401 otherwise; health routes stay open). Empty: no inbound auth.",
+    )
+
+    # --- proxies and client certificates towards the model server ------------------------
+    upstream_trust_env: bool = Field(
+        True,
+        description="Use the proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) for every "
+        "request to the model server and the token endpoint; false: always connect directly.",
+    )
+    http_proxy: str | None = Field(
+        None,
+        validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"),
+        description="Proxy for http:// model servers and token endpoints: an http:// URL, "
+        "credentials allowed (http://user:pass@proxy:3128). Also read as http_proxy; "
+        "ignored when LLM_UPSTREAM_TRUST_ENV=false.",
+    )
+    https_proxy: str | None = Field(
+        None,
+        validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy"),
+        description="Proxy for https:// model servers and token endpoints, through a CONNECT "
+        "tunnel: an http:// URL, credentials allowed. Also read as https_proxy; ignored when "
+        "LLM_UPSTREAM_TRUST_ENV=false.",
+    )
+    no_proxy: str | None = Field(
+        None,
+        validation_alias=AliasChoices("NO_PROXY", "no_proxy"),
+        description="Hosts reached directly despite a proxy, comma-separated: host names "
+        "(each covers its subdomains; a leading dot is ignored), host:port, IP addresses, "
+        "CIDR ranges, or * for all. Also read as no_proxy.",
+    )
+    tls_client_cert: FilePath | None = Field(
+        None,
+        description="PEM file of the client certificate presented to the model server and "
+        "the token endpoint (mutual TLS); it may hold the private key too.",
+    )
+    tls_client_key: FilePath | None = Field(
+        None,
+        description="PEM file of the client certificate's private key, when "
+        "LLM_TLS_CLIENT_CERT does not hold it.",
     )
 
     @field_validator("*", mode="before")
@@ -448,6 +512,58 @@ class Settings(BaseSettings):
         level = value.strip().upper()
         return _LEVEL_NAMES.get(level, level)
 
+    @field_validator("http_proxy", "https_proxy")
+    @classmethod
+    def _proxy_scheme(cls, value: str | None) -> str | None:
+        """A bare host[:port] is taken as an http:// proxy, as curl does."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        return value if "://" in value else f"http://{value}"
+
+    @model_validator(mode="after")
+    def _valid_proxies(self) -> Settings:
+        """Proxies are checked only when used: an unrelated SOCKS proxy in the environment
+        of a service started with LLM_UPSTREAM_TRUST_ENV=false is no reason to refuse to
+        start."""
+        if not self.upstream_trust_env:
+            return self
+        for name, value in (("HTTP_PROXY", self.http_proxy), ("HTTPS_PROXY", self.https_proxy)):
+            if value is None:
+                continue
+            shown = safe_proxy(value)
+            parts = urlsplit(value)
+            try:
+                parts.port  # noqa: B018 - raises on a malformed port
+            except ValueError:
+                raise ValueError(f"{name}: {shown!r} has an invalid port") from None
+            if parts.scheme != "http" or not parts.hostname:
+                raise ValueError(
+                    f"{name}: {shown!r} is not an http:// proxy URL with a host (the service "
+                    "speaks plain HTTP to proxies; LLM_UPSTREAM_TRUST_ENV=false ignores them)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _client_certificate(self) -> Settings:
+        """The client certificate and key are loaded now, so that a file that is not a
+        certificate, or a key that does not match, stops the start rather than the first
+        request."""
+        cert, key = self.tls_client_cert, self.tls_client_key
+        if key is not None and cert is None:
+            raise ValueError("LLM_TLS_CLIENT_KEY is set without LLM_TLS_CLIENT_CERT")
+        if cert is not None:
+            try:
+                ssl.create_default_context().load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                names = "LLM_TLS_CLIENT_CERT" + (" / LLM_TLS_CLIENT_KEY" if key else "")
+                if isinstance(exc, ssl.SSLError):
+                    reason = "not a PEM certificate with its matching private key"
+                else:
+                    reason = exc.strerror or str(exc)
+                raise ValueError(f"{names}: cannot load the client certificate: {reason}") from None
+        return self
+
     @property
     def inbound_keys(self) -> list[str]:
         """The keys of ``LLM_API_KEYS``, without blanks."""
@@ -488,10 +604,15 @@ def describe_errors(exc: ValidationError) -> str:
     """One line per invalid variable, named as in the environment."""
     lines = ["invalid configuration:"]
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a check of several settings together names them itself
+            lines.append(f"  {msg}")
+            continue
+        field = str(err["loc"][0])
         got = err.get("input")
         if "secret" in field or "api_key" in field:
             got = "**********"
+        elif field in ("http_proxy", "https_proxy") and isinstance(got, str):
+            got = safe_proxy(got)
         lines.append(f"  {_variable(field)}: {msg} (got {got!r})")
     return "\n".join(lines)

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from pydantic import AliasChoices
+
 from llm_service.settings import ENV_PREFIX, Settings
 
 # The variables of the OPEA LLM microservice this service replaces, in the order its README
@@ -105,7 +107,13 @@ _CONSTRAINTS: tuple[tuple[str, str], ...] = (
 
 
 def env_name(field: str) -> str:
-    """The environment variable of a ``Settings`` field, as pydantic-settings reads it."""
+    """The environment variable of a ``Settings`` field, as pydantic-settings reads it (the
+    first of its aliases, for one read from other names: ``HTTP_PROXY``)."""
+    alias = (
+        Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+    )
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
     return f"{ENV_PREFIX}{field.upper()}"
 
 

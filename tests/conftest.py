@@ -40,6 +40,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session", params=["lean", "aiohttp"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The streaming transport (LLM_UPSTREAM_TRANSPORT) under test: a suite that takes it
+    runs once over each, with settings_for(..., upstream_transport=transport). Session
+    scope, so the servers built on it are built once per transport."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def fake_server() -> Iterator[FakeServer]:
     server = FakeServer()

@@ -24,10 +24,12 @@ from llm_service.chain.upstream_model import UpstreamChatModel
 from llm_service.rag import PromptLibrary, PromptStep
 from llm_service.settings import Settings
 from llm_service.upstream import build_client
+from llm_service.upstream.auth import url_credentials
 from llm_service.upstream.budget import ServerBudget
 from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.params import OPENAI_FIELDS, sampling_payload
-from llm_service.upstream.tls import verify_for
+from llm_service.upstream.proxy import Proxies
+from llm_service.upstream.tls import ssl_context_for
 
 
 def resolve_endpoint(settings: Settings, endpoint: str | None) -> str:
@@ -57,26 +59,43 @@ def build_model(
     )
 
 
+def _openai_transport(settings: Settings, url: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """What the openai SDK's httpx clients need to reach ``url`` as the lean client does:
+    the URL without userinfo, the httpx options (the one TLS context, client certificate
+    included; the proxy ``Proxies`` chooses, never httpx's own reading of the environment)
+    and the default headers (the userinfo's ``Authorization: Basic`` unless
+    LLM_VLLM_API_KEY is set: the explicit key wins)."""
+    bare, basic = url_credentials(url)
+    options: dict[str, Any] = {
+        "verify": ssl_context_for(settings),
+        "proxy": Proxies.from_settings(settings).for_url(bare),
+        "trust_env": False,
+    }
+    headers = {"Authorization": basic} if basic and settings.vllm_api_key is None else {}
+    return bare, options, headers
+
+
 def _chat_openai(settings: Settings, url: str) -> BaseChatModel:
     # Imported on use: the openai SDK and langchain-openai take a second to import, and the
     # default model step needs neither.
     import httpx
     from langchain_openai import ChatOpenAI
 
-    verify = verify_for(settings)
+    url, options, headers = _openai_transport(settings, url)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     return ChatOpenAI(
         model=settings.model_name,
         base_url=f"{url}/v1",
         api_key=key,
+        default_headers=headers or None,
         # langchain-openai sends max_tokens as max_completion_tokens, which llama.cpp and
         # TGI ignore; in extra_body it reaches every server under its OpenAI name.
         extra_body={"max_tokens": settings.default_max_tokens},
         stream_usage=True,
         timeout=settings.request_timeout,
         max_retries=0,
-        http_client=httpx.Client(verify=verify),
-        http_async_client=httpx.AsyncClient(verify=verify),
+        http_client=httpx.Client(**options),
+        http_async_client=httpx.AsyncClient(**options),
     )
 
 
@@ -91,11 +110,12 @@ def _vllm_openai(settings: Settings, url: str) -> BaseLLM:
         warnings.simplefilter("ignore", DeprecationWarning)
         from langchain_community.llms import VLLMOpenAI
 
-    verify = verify_for(settings)
+    url, options, headers = _openai_transport(settings, url)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     common: dict[str, Any] = {
         "api_key": key,
         "base_url": f"{url}/v1",
+        "default_headers": headers or None,
         "timeout": openai.Timeout(settings.request_timeout, connect=settings.connect_timeout),
         "max_retries": 0,
     }
@@ -106,10 +126,10 @@ def _vllm_openai(settings: Settings, url: str) -> BaseLLM:
         max_tokens=settings.default_max_tokens,
         max_retries=0,
         client=openai.OpenAI(
-            **common, http_client=openai.DefaultHttpxClient(verify=verify)
+            **common, http_client=openai.DefaultHttpxClient(**options)
         ).completions,
         async_client=openai.AsyncOpenAI(
-            **common, http_client=openai.DefaultAsyncHttpxClient(verify=verify)
+            **common, http_client=openai.DefaultAsyncHttpxClient(**options)
         ).completions,
     )
     return llm

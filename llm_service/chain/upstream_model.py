@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -501,21 +503,42 @@ class UpstreamChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        # A private loop in a worker thread streams into a queue. A consumer that stops early
+        # (``break``, ``close()``, an exception, a dropped generator) cancels the stream on
+        # that loop: its connection closes, and the model server stops generating for nobody.
         items: queue.Queue[ChatGenerationChunk | BaseException | None] = queue.Queue()
+        running: queue.Queue[tuple[asyncio.AbstractEventLoop, asyncio.Task[None]]] = queue.Queue()
 
         async def pump() -> None:
             try:
                 async for generation in self._astream(messages, stop, **kwargs):
                     items.put(generation)
+            except asyncio.CancelledError:
+                raise  # the consumer stopped: nobody waits for an item
             except BaseException as exc:  # re-raised in the caller's thread
                 items.put(exc)
             finally:
                 items.put(None)
 
-        thread = threading.Thread(target=asyncio.run, args=(pump(),), name="llm-service-sync")
+        async def main() -> None:
+            task = asyncio.create_task(pump())
+            running.put((asyncio.get_running_loop(), task))
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        # In a copy of this context: the request id reaches the model server and the logs.
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(asyncio.run, main()), name="llm-service-sync"
+        )
         thread.start()
-        while (item := items.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-        thread.join()
+        loop, task = running.get()
+        try:
+            while (item := items.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: all done already
+                loop.call_soon_threadsafe(task.cancel)
+            thread.join()

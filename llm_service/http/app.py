@@ -74,8 +74,14 @@ def create_app(
             state["embedded"] = embedded
             endpoint = await embedded.start()
             # Every model-server call (the upstream client, ChatOpenAI) sends the child's key
-            # as its static key; a key or OAuth set for a remote server never goes to it.
-            served = settings.model_copy(update={"vllm_api_key": SecretStr(embedded.api_key or "")})
+            # as its static key; a key or OAuth set for a remote server never goes to it. The
+            # child listens on 127.0.0.1: a proxy set for remote servers is not for it.
+            served = settings.model_copy(
+                update={
+                    "vllm_api_key": SecretStr(embedded.api_key or ""),
+                    "upstream_trust_env": False,
+                }
+            )
         state["endpoint"] = endpoint
         client = build_client(served, endpoint)
         await client.start()

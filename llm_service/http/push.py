@@ -26,6 +26,7 @@ bytes stay in order.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Protocol
 
@@ -69,7 +70,9 @@ _MAX_WAITING = 64 * 1024  # bytes kept for one flush before the writer asks to s
 class DirectWriter:
     """Chunked body writes to one uvicorn response's transport (a ``relay.FrameSink``)."""
 
-    __slots__ = ("_batch", "_broken", "_cycle", "_flow", "_pending", "_size", "_write")
+    __slots__ = (
+        "_batch", "_broken", "_context", "_cycle", "_flow", "_pending", "_size", "_write",
+    )  # fmt: skip
 
     def __init__(self, cycle: RequestResponseCycle, batch: WriteBatch) -> None:
         self._cycle = cycle
@@ -79,6 +82,9 @@ class DirectWriter:
         self._pending: list[bytes] = []
         self._size = 0  # bytes in _pending
         self._broken = False  # a write failed: push no more, let send report it
+        # The request's context (its id): flush runs in a callback that may carry another
+        # request's, as it writes the frames of every stream of one pass of the loop.
+        self._context = contextvars.copy_context()
 
     @property
     def ready(self) -> bool:
@@ -111,7 +117,7 @@ class DirectWriter:
                 try:
                     self._write(data)
                 except Exception:
-                    log.warning("writing to the client failed", exc_info=True)
+                    self._context.run(log.warning, "writing to the client failed", exc_info=True)
                     self._broken = True
 
 

@@ -7,6 +7,7 @@ from pydantic import SecretStr
 from llm_service.settings import Settings
 from llm_service.upstream.auth import Auth, OAuthClientCredentials, StaticKeyAuth
 from llm_service.upstream.client import UpstreamClient
+from llm_service.upstream.proxy import Proxies
 from llm_service.upstream.redact import Redactor, secrets_of_url
 from llm_service.upstream.routing import LeastInflight, make_policy
 from llm_service.upstream.sse import Chunk
@@ -35,6 +36,7 @@ def build_redactor(settings: Settings, base_url: str) -> Redactor:
             raw = value.get_secret_value()
             secrets += [raw, *(part.strip() for part in raw.split(","))]
     secrets += secrets_of_url(base_url) + secrets_of_url(settings.vllm_token_url)
+    secrets += secrets_of_url(settings.http_proxy) + secrets_of_url(settings.https_proxy)
     return Redactor(secrets)
 
 
@@ -52,14 +54,19 @@ def build_client(settings: Settings, base_url: str) -> UpstreamClient:
         first_token_timeout=settings.first_token_timeout,
         idle_timeout=settings.idle_timeout,
         connections=settings.upstream_connections,
+        keepalive=settings.upstream_keepalive,
         tls_skip_verify=settings.tls_skip_verify,
         tls_ca_bundle=settings.tls_ca_bundle,
+        tls_client_cert=settings.tls_client_cert,
+        tls_client_key=settings.tls_client_key,
+        proxies=Proxies.from_settings(settings),
         replica_cooldown=settings.replica_cooldown,
         routing=build_routing(settings),
         replica_discovery=settings.replica_discovery,
         replica_refresh=settings.replica_refresh,
         replica_dns_server=settings.replica_dns_server,
         replica_metrics_interval=settings.replica_metrics_interval,
+        transport=settings.upstream_transport,
     )
 
 

@@ -8,21 +8,30 @@ message while the refresher keeps trying with backoff: never a crash loop. Neith
 secret nor a token is ever logged, put in an error body or shown by ``repr``: each is
 registered with the client's ``Redactor`` (``bind``), which scrubs them from whatever a
 server echoes, and the token URL is shown without userinfo or query (``safe_url``).
+
+Credentials in the model server's URL (``http://user:pass@host``) become an
+``Authorization: Basic`` header on every request (``url_credentials``) unless the static key
+or OAuth gives one: the explicit setting wins. The token endpoint is reached through the
+same proxy as the model server would be (``Proxies``, given by the client in ``bind``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from functools import lru_cache
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
 from llm_service.errors import UpstreamUnavailable
 from llm_service.upstream.bounded import TooLarge, read_capped
+from llm_service.upstream.proxy import Proxies
 from llm_service.upstream.redact import Redactor, safe_url, secrets_of_url
 
 log = logging.getLogger(__name__)
@@ -33,15 +42,32 @@ RETRY_MAX_S = 30.0
 TOKEN_REPLY_BYTES = 64 * 1024  # a token reply is a few hundred bytes (a JWT a few KiB)
 
 
+@lru_cache(maxsize=256)
+def url_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its userinfo, and the ``Authorization`` value (``Basic ...``) that
+    the userinfo makes (None without one)."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    netloc = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return bare, "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
 class Auth:
     """No credentials."""
 
     redactor: Redactor | None = None
+    proxies: Proxies = Proxies()
 
-    def bind(self, redactor: Redactor) -> None:
+    def bind(self, redactor: Redactor, proxies: Proxies | None = None) -> None:
         """Register this auth's secrets (and, from now on, each token fetched) with
-        ``redactor``, the one that scrubs the model server's messages."""
+        ``redactor``, the one that scrubs the model server's messages; ``proxies`` are the
+        client's, for the token endpoint."""
         self.redactor = redactor
+        if proxies is not None:
+            self.proxies = proxies
         for secret in self.secrets():
             redactor.add(secret)
 
@@ -176,6 +202,7 @@ class OAuthClientCredentials(Auth):
                 data=self._form,
                 timeout=aiohttp.ClientTimeout(total=10),
                 allow_redirects=False,  # the client secret goes to this URL and no other
+                **self.proxies.aiohttp_kwargs(self.token_url),
             ) as resp:
                 if resp.status != 200:
                     resp.close()  # its body is never read

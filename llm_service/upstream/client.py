@@ -1,9 +1,12 @@
 """The one way to talk to a model server: OpenAI-compatible chat completions.
 
-Streams go over the lean transport in ``wire.py`` (the per-token hot path) and come back as
-an ``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
+Streams go over the lean transport in ``wire.py`` (the per-token hot path), or over aiohttp
+(``aiohttp_stream.py``) with ``transport="aiohttp"``, and come back as an
+``UpstreamStream``; whole answers and small calls (``/v1/models``, ``/tokenize``) go over
 aiohttp. Both share the replicas' failover (``failover.py``), the credentials (``auth.py``),
-one TLS context (``tls.py``) and one error mapping (``faults.py``).
+one TLS context (``tls.py``, with the client certificate of mutual TLS), one choice of
+proxy (``proxy.py``) and one error mapping (``faults.py``). Credentials in a replica's URL
+become an ``Authorization: Basic`` header on both paths, unless the auth gives one.
 
 What a model server sends is read within limits (whole replies, error bodies, response
 heads, stream lines) and never followed elsewhere (no redirects); the text of its errors
@@ -19,7 +22,7 @@ import socket
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -27,8 +30,9 @@ import orjson
 from llm_service.context import session_key
 from llm_service.errors import UpstreamError, UpstreamTimeout
 from llm_service.settings import Settings
-from llm_service.upstream import faults
-from llm_service.upstream.auth import Auth
+from llm_service.upstream import faults, proxy
+from llm_service.upstream.aiohttp_stream import AiohttpStreamPool
+from llm_service.upstream.auth import Auth, url_credentials
 from llm_service.upstream.bounded import (
     ERROR_BODY_BYTES,
     ERROR_BODY_SECONDS,
@@ -44,22 +48,25 @@ from llm_service.upstream.discovery import (
     SystemResolver,
 )
 from llm_service.upstream.failover import Replica, ReplicaSet
-from llm_service.upstream.faults import message_of
+from llm_service.upstream.faults import message_of, os_reason
+from llm_service.upstream.proxy import Proxies
 from llm_service.upstream.redact import Redactor, safe_url
 from llm_service.upstream.routing import LeastInflight, make_policy
 from llm_service.upstream.sse import Chunk, ChunkParser
-from llm_service.upstream.stream import UpstreamStream
+from llm_service.upstream.stream import StreamResponse, StreamTransport, UpstreamStream
 from llm_service.upstream.tls import client_ssl_context
 from llm_service.upstream.wire import (
     BadResponse,
     CertificateError,
     ConnectFailed,
     ConnectTimeout,
+    ProxyError,
     ReadTimeout,
-    StreamConnection,
     StreamPool,
     WireError,
 )
+
+Transport = Literal["lean", "aiohttp"]
 
 _FIELDS = Settings.model_fields
 MAX_RESPONSE_BYTES: int = _FIELDS["max_upstream_response_bytes"].default
@@ -81,10 +88,10 @@ class Connections:
     """The connection pools of one event loop: aiohttp's and the streaming transport's."""
 
     session: aiohttp.ClientSession
-    streams: StreamPool
+    streams: StreamTransport[Any]
 
     async def aclose(self) -> None:
-        self.streams.close()
+        await self.streams.aclose()
         await self.session.close()
 
     @property
@@ -108,11 +115,17 @@ class UpstreamClient:
 
     Timeouts: ``connect_timeout`` (TCP connect), ``first_token_timeout`` (request sent to the
     first chunk of a stream), ``idle_timeout`` (silence between chunks once a stream has
-    started), ``total_timeout`` (the whole request).
+    started), ``total_timeout`` (the whole request). ``keepalive``: seconds an idle
+    connection may be reused (0: never), in both pools.
+
+    ``proxies`` (from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) choose the proxy of
+    every request, the token endpoint's included; ``tls_client_cert`` and
+    ``tls_client_key`` are the certificate shown to servers that ask for one.
 
     Limits on what the server sends: ``max_response_bytes`` (a whole answer or a JSON
     reply), ``max_line_bytes`` (one line of a stream); error bodies are read up to
-    ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES``. Every text
+    ``bounded.ERROR_BODY_BYTES`` and stream heads up to ``wire.MAX_HEAD_BYTES`` (with
+    ``transport="aiohttp"``, aiohttp's limits, as for whole answers). Every text
     of the server's that ends in an error message goes through ``redactor`` first; the
     auth registers its secrets and tokens with it.
     """
@@ -127,8 +140,12 @@ class UpstreamClient:
         first_token_timeout: float | None = None,
         idle_timeout: float | None = None,
         connections: int = 512,
+        keepalive: float = 4.0,
         tls_skip_verify: bool = False,
         tls_ca_bundle: str | Path | None = None,
+        tls_client_cert: str | Path | None = None,
+        tls_client_key: str | Path | None = None,
+        proxies: Proxies | None = None,
         replica_cooldown: float = 10.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         max_line_bytes: int = MAX_LINE_BYTES,
@@ -138,6 +155,7 @@ class UpstreamClient:
         replica_refresh: float = 10.0,
         replica_dns_server: str | None = None,
         replica_metrics_interval: float = 0.0,
+        transport: Transport = "lean",
     ) -> None:
         urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
         policy = make_policy(routing) if isinstance(routing, str) else routing
@@ -161,7 +179,8 @@ class UpstreamClient:
         self._background: list[asyncio.Task[None]] = []
         self.auth = auth or Auth()
         self.redactor = redactor or Redactor()
-        self.auth.bind(self.redactor)
+        self.proxies = proxies or Proxies()
+        self.auth.bind(self.redactor, self.proxies)
         self.max_response_bytes = max_response_bytes
         self.max_line_bytes = max_line_bytes
         self.timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
@@ -170,7 +189,17 @@ class UpstreamClient:
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.connections = connections
-        self.ssl = client_ssl_context(skip_verify=tls_skip_verify, ca_bundle=tls_ca_bundle)
+        self.keepalive = keepalive
+        if transport not in ("lean", "aiohttp"):
+            raise ValueError(f"unknown streaming transport {transport!r}: lean or aiohttp")
+        self.transport = transport
+        self.ssl = client_ssl_context(
+            skip_verify=tls_skip_verify,
+            ca_bundle=tls_ca_bundle,
+            client_cert=tls_client_cert,
+            client_key=tls_client_key,
+        )
+        self._client_cert = tls_client_cert is not None
         self._shared: Connections | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._per_loop: dict[asyncio.AbstractEventLoop, Connections] = {}
@@ -188,20 +217,45 @@ class UpstreamClient:
     # --- connection pools, per event loop ---------------------------------------------------
 
     def _new_connections(self) -> Connections:
-        connector = aiohttp.TCPConnector(
-            limit=self.connections, limit_per_host=self.connections, ssl=self.ssl
+        return Connections(self._new_session(), self._new_stream_transport())
+
+    def _new_session(self, **options: Any) -> aiohttp.ClientSession:
+        """An aiohttp session towards the model server: whole answers and small calls, and
+        streams with ``transport="aiohttp"`` (a session of their own, built here too, so
+        both take the same connection, TLS, keep-alive and head settings)."""
+        # aiohttp's own default keeps idle connections 15 s, longer than the model servers
+        # do (5 s): the same limit as the streams' pool. It takes no 0: force_close is that.
+        reuse: dict[str, Any] = (
+            {"keepalive_timeout": self.keepalive} if self.keepalive > 0 else {"force_close": True}
         )
-        session = aiohttp.ClientSession(
+        connector = aiohttp.TCPConnector(
+            limit=self.connections, limit_per_host=self.connections, ssl=self.ssl, **reuse
+        )
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # model servers set no cookies worth keeping
+            trust_env=False,  # the proxy is chosen per request (Proxies), as for streams
             **_HEAD_LIMITS,  # type: ignore[arg-type]  # (a dict of ints only)
+            **options,
         )
-        streams = StreamPool(
-            ssl_context=self.ssl, connect_timeout=self.connect_timeout, limit=self.connections
+
+    def _new_stream_transport(self) -> StreamTransport[Any]:
+        """The streaming transport: a pool of its own of ``connections``, the same TLS
+        context, proxies and keep-alive."""
+        if self.transport == "aiohttp":
+            session = self._new_session(trace_configs=AiohttpStreamPool.trace_configs())
+            return AiohttpStreamPool(
+                session, connect_timeout=self.connect_timeout, proxies=self.proxies
+            )
+        return StreamPool(
+            ssl_context=self.ssl,
+            connect_timeout=self.connect_timeout,
+            limit=self.connections,
+            proxies=self.proxies,
+            keepalive=self.keepalive,
         )
-        return Connections(session, streams)
 
     async def start(self) -> None:
         """Open the shared pools on the running loop and start the auth's background work
@@ -273,10 +327,17 @@ class UpstreamClient:
     # --- requests ----------------------------------------------------------------------------
 
     async def _headers(
-        self, session: aiohttp.ClientSession, extra: Mapping[str, str] | None
+        self,
+        session: aiohttp.ClientSession,
+        extra: Mapping[str, str] | None,
+        basic: str | None = None,
     ) -> dict[str, str]:
+        """The request's headers; ``basic``, from the URL's userinfo, only when the auth
+        gives no ``Authorization`` (LLM_VLLM_API_KEY and OAuth win)."""
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         headers.update(await self.auth.headers(session))
+        if basic is not None and "Authorization" not in headers:
+            headers["Authorization"] = basic
         if extra:
             headers.update(extra)  # X-Request-ID, traceparent
         return headers
@@ -294,17 +355,22 @@ class UpstreamClient:
         once more. Returns a 2xx response (its body unread)."""
         retried = False
         redact = self.redactor
+        url, basic = url_credentials(url)
         while True:
-            headers = await self._headers(session, extra_headers)
+            headers = await self._headers(session, extra_headers, basic)
             try:
                 resp = await session.request(
                     method,
                     url,
                     data=data,
-                    headers=headers,
                     timeout=limits or self.timeout,
                     allow_redirects=False,  # a redirect would carry the prompt and the key away
+                    **self.proxies.aiohttp_kwargs(url, headers),
                 )
+            except aiohttp.ClientProxyConnectionError as exc:
+                raise proxy.unreachable(os_reason(exc.os_error)) from None
+            except aiohttp.ClientHttpProxyError as exc:
+                raise proxy.refused(exc.status) from None
             except aiohttp.ConnectionTimeoutError:
                 raise faults.connect_timeout(self.connect_timeout) from None
             except TimeoutError:
@@ -322,6 +388,8 @@ class UpstreamClient:
                 raise faults.unreachable(exc.os_error, redact) from None
             except aiohttp.ClientResponseError as exc:  # not HTTP, or a head past the limits
                 raise faults.bad_http(exc.message, redact) from None
+            except aiohttp.ServerDisconnectedError as exc:
+                raise self._closed_early(url, exc) from None
             except aiohttp.ClientError as exc:
                 raise faults.broke(exc, redact) from None
             if resp.status < 300:
@@ -329,6 +397,9 @@ class UpstreamClient:
             if resp.status < 400:
                 resp.close()
                 raise faults.redirected(resp.status)
+            if resp.status == 407:  # only a proxy asks for proxy credentials
+                resp.close()
+                raise proxy.refused(407)
             try:
                 body = await read_error_body(resp)
             finally:
@@ -337,6 +408,22 @@ class UpstreamClient:
                 retried = True
                 continue
             raise faults.status_error(resp.status, body, resp.headers.get("Retry-After"), redact)
+
+    def _closed_early(self, url: str, exc: Exception) -> faults.ReplicaFailed:
+        """The connection broke before the answer. Over TLS that is also how a server that
+        requires a client certificate refuses one (TLS 1.3 finishes the client's handshake
+        before the server checks it, and the alert is not reported): the message says so."""
+        fault = faults.broke(exc, self.redactor)
+        if not url.startswith("https:"):
+            return fault
+        advice = (
+            "check that LLM_TLS_CLIENT_CERT is signed by a CA it trusts"
+            if self._client_cert
+            else "set LLM_TLS_CLIENT_CERT (and LLM_TLS_CLIENT_KEY)"
+        )
+        return faults.ReplicaFailed(
+            f"{fault.message} (if the server requires a TLS client certificate, {advice})"
+        )
 
     async def chat(
         self, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -440,17 +527,25 @@ class UpstreamClient:
         replica: Replica,
         data: bytes,
         extra_headers: Mapping[str, str] | None,
-    ) -> StreamConnection:
-        """Send a streamed request over the lean transport; returns once the head of a
+    ) -> StreamResponse:
+        """Send a streamed request over the streaming transport; returns once the head of a
         successful answer has arrived. Errors map as in ``_request`` (a 401 refreshes the
-        credentials once and sends the request once more)."""
+        credentials once and sends the request once more); both transports raise the same
+        exceptions, so both map here, to the same messages."""
         session, pool = connections.session, connections.streams
         redact = self.redactor
         retried = False
+        url, basic = url_credentials(replica.chat_url)
         while True:
-            headers = await self._headers(session, extra_headers)
+            headers = await self._headers(session, extra_headers, basic)
             try:
-                conn = await pool.open(replica.chat_url, data, headers, total=self.total_timeout)
+                conn: StreamResponse = await pool.open(url, data, headers, total=self.total_timeout)
+            except ProxyError as exc:
+                if exc.status is not None:
+                    raise proxy.refused(exc.status) from None
+                if exc.unreachable:
+                    raise proxy.unreachable(exc.reason) from None
+                raise proxy.failed(exc.reason) from None
             except ConnectTimeout:
                 raise faults.connect_timeout(self.connect_timeout) from None
             except CertificateError as exc:
@@ -464,11 +559,13 @@ class UpstreamClient:
             except BadResponse as exc:
                 raise faults.bad_http(exc, redact) from None
             except WireError as exc:
-                raise faults.broke(exc, redact) from None
+                raise self._closed_early(url, exc) from None
             if conn.status < 300:
                 return conn
-            if conn.status < 400:
+            if conn.status < 400 or conn.status == 407:
                 pool.release(conn)  # its body unread: the connection is closed
+                if conn.status == 407:  # only a proxy asks for proxy credentials
+                    raise proxy.refused(407)
                 raise faults.redirected(conn.status)
             try:
                 async with asyncio.timeout(ERROR_BODY_SECONDS):

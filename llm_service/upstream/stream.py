@@ -12,23 +12,62 @@ its end, closed otherwise, which is how the model server learns that nobody list
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from llm_service.errors import UpstreamTimeout
 from llm_service.upstream import faults
 from llm_service.upstream.failover import Replica
 from llm_service.upstream.faults import ReplicaFailed
 from llm_service.upstream.sse import Chunk, ChunkParser
-from llm_service.upstream.wire import (
-    BadResponse,
-    ReadTimeout,
-    StreamConnection,
-    StreamPool,
-    WireError,
-)
+from llm_service.upstream.wire import BadResponse, ReadTimeout, Sink, WireError
 
 BatchSink = Callable[[list[Chunk]], bool]
 """Takes each batch in the network callback; True asks to stop pushing."""
+
+
+class StreamResponse(Protocol):
+    """A streamed response whose head has arrived, as either transport gives it
+    (``wire.StreamConnection``, ``aiohttp_stream.AiohttpStreamResponse``). Failures are
+    raised as ``wire.WireError`` and its subclasses, whichever the transport."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # names looked up in lower case
+
+    async def read(self) -> bytes:
+        """Body bytes that arrived since the last call; ``b""`` at the end."""
+        ...
+
+    async def pump(self, sink: Sink) -> None:
+        """Body bytes to ``sink`` until the end, a failure, or ``sink`` returns True."""
+        ...
+
+    async def read_upto(self, limit: int) -> bytes: ...
+
+    def idle_timeout(self, seconds: float | None) -> None: ...
+
+
+ResponseT = TypeVar("ResponseT", bound=StreamResponse)
+
+
+class StreamTransport(Protocol[ResponseT]):
+    """Where streamed requests go: ``wire.StreamPool`` (``LLM_UPSTREAM_TRANSPORT=lean``) or
+    ``aiohttp_stream.AiohttpStreamPool`` (``aiohttp``)."""
+
+    async def open(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, total: float | None
+    ) -> ResponseT:
+        """POST ``body`` and return once the response's head has arrived."""
+        ...
+
+    def release(self, conn: ResponseT) -> None:
+        """Keep the connection if its response was read to the end, else close it."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class UpstreamStream:
@@ -38,8 +77,8 @@ class UpstreamStream:
 
     def __init__(
         self,
-        conn: StreamConnection,
-        pool: StreamPool,
+        conn: StreamResponse,
+        pool: StreamTransport[Any],
         replica: Replica,
         timeouts: tuple[float | None, float],
         parser: ChunkParser | None = None,

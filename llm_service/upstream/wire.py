@@ -14,18 +14,23 @@ headers) has arrived; ``read`` then returns the body bytes that arrived since th
 callback straight from the network callback, so a relayed token wakes no task at all.
 ``StreamPool.release`` puts a connection back for the next request if its response was
 read to the end, and closes it otherwise: closing is how the model server learns that
-nobody is listening.
+nobody is listening. A connection left idle longer than the pool's ``keepalive`` is closed,
+not reused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from llm_service.upstream.faults import os_reason
+from llm_service.upstream.proxy import Proxies, Proxy
 
 Origin = tuple[str, str, int]  # scheme, host, port
 _HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket pauses
@@ -59,6 +64,19 @@ class CertificateError(WireError):
         super().__init__(error.verify_message or str(error))
 
 
+class ProxyError(WireError):
+    """The proxy failed: ``unreachable`` (``reason`` says why), answered a CONNECT with
+    ``status`` instead of opening the tunnel, or broke the protocol (``reason``)."""
+
+    def __init__(
+        self, reason: str, status: int | None = None, *, unreachable: bool = False
+    ) -> None:
+        super().__init__(f"proxy: {reason}")
+        self.reason = reason
+        self.status = status
+        self.unreachable = unreachable
+
+
 class ConnectTimeout(WireError):
     """Connecting took longer than the connect timeout."""
 
@@ -72,9 +90,10 @@ class ReadTimeout(WireError):
 
 
 Sink = Callable[[bytes], bool]
-"""Takes body bytes in the network callback; True asks to stop pushing. It runs in the
-connection's context (that of the request that opened it), not the current request's: it
-must not read context variables (request id, current span)."""
+"""Takes body bytes in the network callback; True asks to stop pushing. It runs in a copy of
+the context of the task that called ``pump``, so what it logs or measures carries the current
+request's id and span, not those of the request that opened the connection (the network
+callbacks of a kept-alive connection run in that one's context)."""
 
 
 class StreamConnection(asyncio.Protocol):
@@ -101,7 +120,9 @@ class StreamConnection(asyncio.Protocol):
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Sink | None = None  # pump(): body bytes go here instead of to read()
+        self._sink_context: contextvars.Context | None = None  # pump()'s caller's, for _sink
         self._sink_error: BaseException | None = None
+        self.released_at = 0.0  # loop time the pool last took it back as idle
         self._idle: float | None = None
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -239,6 +260,9 @@ class StreamConnection(asyncio.Protocol):
         the end or the failure, and returns what arrives after a stop). What ``sink``
         raises is raised here."""
         self._sink = sink
+        # The network callbacks run in the context of the request that opened the
+        # connection; the sink runs in this caller's (one copy per pump, not per read).
+        self._sink_context = contextvars.copy_context()
         try:
             if self._data:
                 self._push()  # what arrived before, first
@@ -246,7 +270,7 @@ class StreamConnection(asyncio.Protocol):
                 self._waiter = waiter = self.loop.create_future()
                 await waiter
         finally:
-            self._sink = None
+            self._sink = self._sink_context = None
             error, self._sink_error = self._sink_error, None
         if error is not None:
             raise error
@@ -299,7 +323,7 @@ class StreamConnection(asyncio.Protocol):
         self._cancel_timers()
         self._idle = None
         self._active = False
-        self._sink = None
+        self._sink = self._sink_context = None
 
     # --- internals ---------------------------------------------------------------------
 
@@ -312,9 +336,10 @@ class StreamConnection(asyncio.Protocol):
 
     def _push(self) -> None:
         """Hand the buffered body bytes to the sink; a sink that stops or raises goes."""
-        assert self._sink is not None
+        sink, context = self._sink, self._sink_context
+        assert sink is not None and context is not None
         try:
-            if self._sink(self._take()):
+            if context.run(sink, self._take()):
                 self._sink = None
         except Exception as exc:  # raised by pump(), in the task that owns the sink
             self._sink_error = exc
@@ -391,7 +416,20 @@ class StreamPool:
     """Kept-alive ``StreamConnection``s per origin, for one event loop.
 
     At most ``limit`` connections carry a request at once; further requests wait for one to
-    be released (``LLM_UPSTREAM_CONNECTIONS``)."""
+    be released (``LLM_UPSTREAM_CONNECTIONS``).
+
+    ``proxies`` decides which origins are reached through a proxy: plain http is sent to the
+    proxy with the absolute URL as the request target; https goes through a ``CONNECT``
+    tunnel, TLS with the model server inside it. A URL's userinfo is not sent (the client
+    turns it into an ``Authorization`` header).
+
+    An idle connection is reused for at most ``keepalive`` seconds after its last answer
+    (``LLM_UPSTREAM_KEEPALIVE``; 0: never reused). A NAT or load balancer may drop an idle
+    connection without a word (no FIN, no RST): a request sent on it would wait, unanswered,
+    for the first-token timeout, and nothing tells that apart from a slow model. A server that
+    closes an idle connection itself (FIN, RST) is noticed by ``connection_lost`` before
+    reuse, or fails the request before any byte, which is then sent once more on a new
+    connection."""
 
     def __init__(
         self,
@@ -399,16 +437,24 @@ class StreamPool:
         ssl_context: ssl.SSLContext,
         connect_timeout: float | None,
         limit: int = 2048,
+        proxies: Proxies | None = None,
+        keepalive: float = 4.0,
     ) -> None:
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(limit)
         self.ssl_context = ssl_context
+        self.proxies = proxies or Proxies()
+        self.keepalive = keepalive
+        # Idle connections per origin, in the order they were released (the newest last).
         self._idle: dict[Origin, list[StreamConnection]] = {}
-        self._targets: dict[str, tuple[Origin, bytes, bytes]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._targets: dict[str, tuple[Origin, bytes]] = {}
+        self._routes: dict[Origin, Proxy | None] = {}  # the proxy of each origin (None: direct)
         self.closed = False
 
-    def _target(self, url: str) -> tuple[Origin, bytes, bytes]:
-        """(origin, request path, Host header) of a URL, parsed once per URL."""
+    def _target(self, url: str) -> tuple[Origin, bytes]:
+        """(origin, start of the request head) of a URL, worked out once per URL; the head
+        starts with the request line, ``Host`` and, to a proxy, ``Proxy-Authorization``."""
         target = self._targets.get(url)
         if target is None:
             parts = urlsplit(url)
@@ -416,11 +462,18 @@ class StreamPool:
             host = parts.hostname or "localhost"
             port = parts.port or (443 if scheme == "https" else 80)
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            target = self._targets[url] = (
-                (scheme, host, port),
-                path.encode("latin-1"),
-                parts.netloc.rpartition("@")[2].encode("latin-1"),
-            )
+            netloc = parts.netloc.rpartition("@")[2]
+            origin = (scheme, host, port)
+            proxy = self._routes[origin] = self.proxies.proxy_for(url)
+            lines = []
+            if proxy is not None and scheme == "http":
+                # To a proxy, the absolute URL (RFC 9112, 3.2.2); through a tunnel, as direct.
+                lines.append(f"POST http://{netloc}{path} HTTP/1.1\r\nHost: {netloc}\r\n")
+                if proxy.authorization is not None:
+                    lines.append(f"Proxy-Authorization: {proxy.authorization}\r\n")
+            else:
+                lines.append(f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\n")
+            target = self._targets[url] = (origin, "".join(lines).encode("latin-1"))
         return target
 
     async def open(
@@ -435,8 +488,8 @@ class StreamPool:
 
         A kept-alive connection that turns out to be closed by the server before it answers
         is replaced by a new one once (the request never reached the model)."""
-        origin, path, host = self._target(url)
-        request = _request_head(path, host, headers, len(body)) + body
+        origin, start = self._target(url)
+        request = _request_head(start, headers, len(body)) + body
         await self._slots.acquire()
         try:
             return await self._open(origin, request, total)
@@ -445,23 +498,21 @@ class StreamPool:
             raise
 
     async def _open(self, origin: Origin, request: bytes, total: float | None) -> StreamConnection:
-        idle = self._idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
+        conn = self._pick(origin)
+        if conn is not None:
             conn.send(request, total)
             try:
                 await conn.read_head()
+                return conn
             except WireError as exc:
                 conn.close()
                 if conn.received or isinstance(exc, ReadTimeout):
                     raise
-                break  # a stale kept-alive connection: one new connection below
+                # A stale kept-alive connection (closed before any byte): the request never
+                # reached the model, so it goes once more on a new connection below.
             except BaseException:
                 conn.close()
                 raise
-            return conn
         conn = await self._connect(origin)
         conn.send(request, total)
         try:
@@ -471,25 +522,79 @@ class StreamPool:
             raise
         return conn
 
+    def _pick(self, origin: Origin) -> StreamConnection | None:
+        """The newest idle connection to ``origin`` if it is open and idle for at most
+        ``keepalive`` seconds. The others met on the way are closed: a closed one is of no
+        use, and when the newest has expired every older one has too."""
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if conn.loop.time() - conn.released_at <= self.keepalive:
+                return conn
+            conn.close()
+            for old in idle:
+                old.close()
+            idle.clear()
+        return None
+
     def release(self, conn: StreamConnection) -> None:
         """Give back a connection that ``open`` returned (exactly once)."""
         self._slots.release()
         conn.finish()
-        if conn.reusable and not self.closed:
+        if conn.reusable and not self.closed and self.keepalive > 0:
             idle = self._idle.setdefault(conn.origin, [])
             if len(idle) < _MAX_IDLE_PER_HOST:
+                conn.released_at = conn.loop.time()
                 idle.append(conn)
+                if self._sweeper is None:
+                    self._schedule_sweep(conn.loop)
                 return
         conn.close()
 
+    def _sweep(self) -> None:
+        """Close the idle connections past ``keepalive`` (the front of each origin's list),
+        so that sockets nobody will reuse do not pile up after a burst; look again a
+        keepalive later while any are left."""
+        self._sweeper = None
+        loop: asyncio.AbstractEventLoop | None = None
+        for origin, idle in list(self._idle.items()):
+            if idle:
+                loop = idle[0].loop
+                oldest_kept = loop.time() - self.keepalive
+                expired = 0
+                while expired < len(idle) and idle[expired].released_at < oldest_kept:
+                    idle[expired].close()
+                    expired += 1
+                del idle[:expired]
+            if not idle:
+                del self._idle[origin]
+        if self._idle and loop is not None and not self.closed:
+            self._schedule_sweep(loop)
+
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        # In a context of its own: the sweep belongs to no request, and keeps none alive.
+        self._sweeper = loop.call_later(self.keepalive, self._sweep, context=contextvars.Context())
+
     def close(self) -> None:
         self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
         self._idle.clear()
 
+    async def aclose(self) -> None:
+        """``close``, for callers that close either streaming transport."""
+        self.close()
+
     async def _connect(self, origin: Origin) -> StreamConnection:
+        proxy = self._routes.get(origin)
+        if proxy is not None:
+            return await self._connect_via(proxy, origin)
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = self.ssl_context if scheme == "https" else None
@@ -510,10 +615,93 @@ class StreamPool:
             raise ConnectFailed(exc) from None
         return conn
 
+    async def _connect_via(self, proxy: Proxy, origin: Origin) -> StreamConnection:
+        """A connection to ``origin`` through ``proxy``: to the proxy itself for plain http,
+        a ``CONNECT`` tunnel with TLS inside it for https. Whatever fails before the
+        tunnel is open is the proxy's fault (``ProxyError``); nothing is tried directly."""
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                try:
+                    if scheme != "https":
+                        _, conn = await loop.create_connection(
+                            lambda: StreamConnection(loop, origin), proxy.host, proxy.port
+                        )
+                        return conn
+                    raw, tunnel = await loop.create_connection(
+                        lambda: _Tunnel(loop), proxy.host, proxy.port
+                    )
+                except OSError as exc:
+                    raise ProxyError(os_reason(exc), unreachable=True) from None
+                try:
+                    raw.write(_connect_request(host, port, proxy))
+                    status = await tunnel.answer()
+                    if not 200 <= status < 300:  # any 2xx opens the tunnel (RFC 9110, 9.3.6)
+                        raise ProxyError(f"answered CONNECT with {status}", status)
+                    conn = StreamConnection(loop, origin)
+                    tls = await loop.start_tls(raw, conn, self.ssl_context, server_hostname=host)
+                except BaseException:
+                    raw.close()
+                    raise
+        except TimeoutError:
+            raise ProxyError("timed out", unreachable=True) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateError(exc) from None
+        except OSError as exc:  # the TLS handshake with the model server, in the tunnel
+            raise ConnectFailed(exc) from None
+        if tls is None:
+            raise ConnectFailed(ConnectionResetError("the tunnel closed during the handshake"))
+        conn.connection_made(tls)  # start_tls hands over the transport without calling it
+        return conn
 
-def _request_head(path: bytes, host: bytes, headers: Mapping[str, str], length: int) -> bytes:
-    lines = [b"POST ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Length: ",
-             str(length).encode(), b"\r\n"]  # fmt: skip
+
+class _Tunnel(asyncio.Protocol):
+    """The proxy's answer to ``CONNECT``: its status, once the head has arrived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._head = b""
+        self._answer: asyncio.Future[int] = loop.create_future()
+
+    async def answer(self) -> int:
+        return await self._answer
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer.done():
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HEAD_BYTES:
+                self._answer.set_exception(ProxyError("sent an endless answer to CONNECT"))
+            return
+        status_line = self._head.split(b"\r\n", 1)[0].split(None, 2)
+        if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+            self._answer.set_exception(ProxyError("answered CONNECT with what is not HTTP"))
+        elif not status_line[1].isdigit():
+            self._answer.set_exception(ProxyError("answered CONNECT with a bad status"))
+        elif status_line[1].startswith(b"2") and end + 4 != len(self._head):
+            # Nothing may come between the tunnel's opening and the server's TLS answer.
+            self._answer.set_exception(ProxyError("sent data after opening the tunnel"))
+        else:
+            self._answer.set_result(int(status_line[1]))  # a refusal's body is not read
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._answer.done():
+            self._answer.set_exception(ProxyError("closed the connection before answering"))
+
+
+def _connect_request(host: str, port: int, proxy: Proxy) -> bytes:
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"]
+    if proxy.authorization is not None:
+        lines.append(f"Proxy-Authorization: {proxy.authorization}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _request_head(start: bytes, headers: Mapping[str, str], length: int) -> bytes:
+    lines = [start, b"Content-Length: ", str(length).encode(), b"\r\n"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} holds a line break")

@@ -110,5 +110,13 @@ class ServiceServer:
 
 def settings_for(endpoint: str | None, **overrides: Any) -> Settings:
     """Settings for a test service, independent of the caller's environment."""
-    values: dict[str, Any] = {"model_server": "openai", "model_name": "fake-model", **overrides}
+    values: dict[str, Any] = {
+        "model_server": "openai",
+        "model_name": "fake-model",
+        # A proxy in the caller's environment would catch the servers on 127.0.0.1.
+        "http_proxy": None,
+        "https_proxy": None,
+        "no_proxy": None,
+        **overrides,
+    }
     return Settings(_env_file=None, model_server_endpoint=endpoint, **values)

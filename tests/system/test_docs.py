@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from llm_service.settings import Settings
+from llm_service.settings_reference import env_name
 from tests.support import ROOT
 from tests.support.servers import ServiceServer
 
@@ -13,7 +14,9 @@ pytestmark = pytest.mark.system
 
 
 def env_names() -> list[str]:
-    return [f"LLM_{name.upper()}" for name in Settings.model_fields]
+    """Each setting's variable: LLM_<FIELD>, or its own name for those read under one
+    (HTTP_PROXY)."""
+    return [env_name(name) for name in Settings.model_fields]
 
 
 def test_settings_md_documents_every_setting() -> None:

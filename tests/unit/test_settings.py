@@ -79,6 +79,7 @@ def test_environment_wins_over_env_file(monkeypatch: pytest.MonkeyPatch) -> None
         ("LLM_DISABLE_STREAMING", "maybe", "valid boolean"),
         ("LLM_OUTPUT_GUARD_EXISTS", "2", "valid boolean"),
         ("LLM_TLS_SKIP_VERIFY", "yes please", "valid boolean"),
+        ("LLM_UPSTREAM_TRANSPORT", "h2", "Input should be 'lean' or 'aiohttp'"),
     ],
 )
 def test_invalid_value_names_the_variable(

@@ -25,11 +25,11 @@ BATCH = 100
 
 
 @pytest.fixture(scope="module")
-def pair() -> Iterator[tuple[FakeServer, ServiceServer]]:
+def pair(transport: str) -> Iterator[tuple[FakeServer, ServiceServer]]:
     fake = FakeServer(
         FakeOpenAI(default=Script(tokens=[f" t{i}" for i in range(200)], token_delay=0.05))
     )
-    service = ServiceServer(settings_for(fake.url))
+    service = ServiceServer(settings_for(fake.url, upstream_transport=transport))
     yield fake, service
     service.close()
     fake.close()

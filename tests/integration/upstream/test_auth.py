@@ -27,7 +27,9 @@ def tokens() -> Iterator[tuple[TokenServer, FakeServer]]:
     server.close()
 
 
-def oauth_service(fake_url: str, token_url: str, **overrides: object) -> ServiceServer:
+def oauth_service(
+    transport: str, fake_url: str, token_url: str, **overrides: object
+) -> ServiceServer:
     return ServiceServer(
         settings_for(
             fake_url,
@@ -35,6 +37,7 @@ def oauth_service(fake_url: str, token_url: str, **overrides: object) -> Service
             vllm_client_id="svc",
             vllm_client_secret=SECRET,
             startup_wait=0,
+            upstream_transport=transport,
             **overrides,
         )
     )
@@ -53,11 +56,14 @@ def wait_for(check: Callable[[], bool], limit: float = 5.0) -> None:
 
 
 def test_token_fetched_at_startup_and_sent(
-    fake: FakeOpenAI, fake_server: FakeServer, tokens: tuple[TokenServer, FakeServer]
+    transport: str,
+    fake: FakeOpenAI,
+    fake_server: FakeServer,
+    tokens: tuple[TokenServer, FakeServer],
 ) -> None:
     issuer, token_http = tokens
     fake.accept_token = issuer.valid
-    service = oauth_service(fake_server.url, f"{token_http.url}/oauth/token")
+    service = oauth_service(transport, fake_server.url, f"{token_http.url}/oauth/token")
     try:
         wait_for(lambda: len(issuer.issued) == 1)  # before any request
         assert ask(service).status_code == 200
@@ -69,12 +75,15 @@ def test_token_fetched_at_startup_and_sent(
 
 
 def test_token_refreshed_in_background_before_expiry(
-    fake: FakeOpenAI, fake_server: FakeServer, tokens: tuple[TokenServer, FakeServer]
+    transport: str,
+    fake: FakeOpenAI,
+    fake_server: FakeServer,
+    tokens: tuple[TokenServer, FakeServer],
 ) -> None:
     issuer, token_http = tokens
     issuer.expires_in = 1.0  # refreshed at half its life
     fake.accept_token = issuer.valid
-    service = oauth_service(fake_server.url, f"{token_http.url}/oauth/token")
+    service = oauth_service(transport, fake_server.url, f"{token_http.url}/oauth/token")
     try:
         wait_for(lambda: len(issuer.issued) >= 4, limit=6)  # with no traffic at all
         assert ask(service).status_code == 200
@@ -85,11 +94,14 @@ def test_token_refreshed_in_background_before_expiry(
 
 
 def test_401_refreshes_once_and_retries_once(
-    fake: FakeOpenAI, fake_server: FakeServer, tokens: tuple[TokenServer, FakeServer]
+    transport: str,
+    fake: FakeOpenAI,
+    fake_server: FakeServer,
+    tokens: tuple[TokenServer, FakeServer],
 ) -> None:
     issuer, token_http = tokens
     fake.accept_token = issuer.valid
-    service = oauth_service(fake_server.url, f"{token_http.url}/oauth/token")
+    service = oauth_service(transport, fake_server.url, f"{token_http.url}/oauth/token")
     try:
         assert ask(service).status_code == 200
         issuer.revoke_all()  # e.g. the identity provider rotated its keys
@@ -110,12 +122,15 @@ def test_401_refreshes_once_and_retries_once(
 
 
 def test_token_endpoint_down_is_a_clear_503_then_recovers(
-    fake: FakeOpenAI, fake_server: FakeServer, tokens: tuple[TokenServer, FakeServer]
+    transport: str,
+    fake: FakeOpenAI,
+    fake_server: FakeServer,
+    tokens: tuple[TokenServer, FakeServer],
 ) -> None:
     issuer, token_http = tokens
     issuer.down = True
     fake.accept_token = issuer.valid
-    service = oauth_service(fake_server.url, f"{token_http.url}/oauth/token")
+    service = oauth_service(transport, fake_server.url, f"{token_http.url}/oauth/token")
     try:
         resp = ask(service)
         assert resp.status_code == 503
@@ -129,11 +144,13 @@ def test_token_endpoint_down_is_a_clear_503_then_recovers(
         service.close()
 
 
-def test_token_endpoint_unreachable_is_503(fake: FakeOpenAI, fake_server: FakeServer) -> None:
+def test_token_endpoint_unreachable_is_503(
+    transport: str, fake: FakeOpenAI, fake_server: FakeServer
+) -> None:
     closed = FakeServer()
     url = f"{closed.url}/oauth/token"
     closed.close()
-    service = oauth_service(fake_server.url, url)
+    service = oauth_service(transport, fake_server.url, url)
     try:
         resp = ask(service)
         assert resp.status_code == 503
@@ -143,11 +160,14 @@ def test_token_endpoint_unreachable_is_503(fake: FakeOpenAI, fake_server: FakeSe
 
 
 def test_static_key_overrides_oauth(
-    fake: FakeOpenAI, fake_server: FakeServer, tokens: tuple[TokenServer, FakeServer]
+    transport: str,
+    fake: FakeOpenAI,
+    fake_server: FakeServer,
+    tokens: tuple[TokenServer, FakeServer],
 ) -> None:
     issuer, token_http = tokens
     service = oauth_service(
-        fake_server.url, f"{token_http.url}/oauth/token", vllm_api_key="static-key-1"
+        transport, fake_server.url, f"{token_http.url}/oauth/token", vllm_api_key="static-key-1"
     )
     try:
         assert ask(service).status_code == 200
@@ -158,6 +178,7 @@ def test_static_key_overrides_oauth(
 
 
 def test_secrets_stay_out_of_logs_errors_and_reprs(
+    transport: str,
     fake: FakeOpenAI,
     fake_server: FakeServer,
     tokens: tuple[TokenServer, FakeServer],
@@ -176,7 +197,7 @@ def test_secrets_stay_out_of_logs_errors_and_reprs(
     caplog.set_level(logging.DEBUG)
     issuer.down = True
     fake.accept_token = lambda token: False
-    service = oauth_service(fake_server.url, token_url, log_level="DEBUG")
+    service = oauth_service(transport, fake_server.url, token_url, log_level="DEBUG")
     try:
         failed = ask(service)
         issuer.down = False

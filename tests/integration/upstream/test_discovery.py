@@ -23,11 +23,6 @@ NAME = "vllm.replicas.test"
 REFRESH = 0.2
 
 
-@pytest.fixture(params=["lean"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 class PodServer:
     """The fake model server on one loopback address (``FakeServer`` binds 127.0.0.1)."""
 
@@ -63,8 +58,9 @@ def pods() -> Iterator[tuple[int, dict[str, PodServer]]]:
         server.close()
 
 
-def start_service(dns: DnsServer, port: int, **overrides: Any) -> ServiceServer:
+def start_service(transport: str, dns: DnsServer, port: int, **overrides: Any) -> ServiceServer:
     values: dict[str, Any] = {
+        "upstream_transport": transport,
         "replica_discovery": "dns",
         "replica_dns_server": dns.address,
         "replica_refresh": REFRESH,
@@ -91,7 +87,7 @@ def test_a_replica_that_appears_in_dns_gets_requests(
     port, servers = pods
     first, second = servers["127.0.0.2"], servers["127.0.0.3"]
     dns.addresses = ["127.0.0.2"]
-    service = start_service(dns, port)
+    service = start_service(transport, dns, port)
     try:
         # The name itself resolves nowhere but on our DNS server: these only succeed
         # because the service asked it at start-up.
@@ -119,7 +115,7 @@ def test_a_replica_that_leaves_dns_finishes_its_stream_and_gets_no_more(
     slow = Script(tokens=[f" t{i}" for i in range(8)], token_delay=0.15)
     for server in servers.values():
         server.fake.default = slow
-    service = start_service(dns, port)
+    service = start_service(transport, dns, port)
     try:
         result: list[httpx.Response] = []
         long_one = threading.Thread(target=lambda: result.append(ask(service, "long")))

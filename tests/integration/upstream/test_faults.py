@@ -39,13 +39,25 @@ def assert_upstream_closed(fake: FakeOpenAI) -> None:
     assert fake.open_streams == 0
 
 
+@pytest.fixture(scope="session")
+def service(fake_server: FakeServer, transport: str) -> Iterator[ServiceServer]:
+    """The service in front of the fake model server, over each streaming transport."""
+    server = ServiceServer(
+        settings_for(fake_server.url, request_timeout=1.0, upstream_transport=transport)
+    )
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module", params=["refused", "dns"])
-def unreachable(request: pytest.FixtureRequest) -> Iterator[ServiceServer]:
+def unreachable(request: pytest.FixtureRequest, transport: str) -> Iterator[ServiceServer]:
     endpoint = {
         "refused": f"http://127.0.0.1:{free_port()}",
         "dns": "http://no-such-model-server.invalid:8000",
     }[request.param]
-    server = ServiceServer(settings_for(endpoint, connect_timeout=3.0))
+    server = ServiceServer(
+        settings_for(endpoint, connect_timeout=3.0, upstream_transport=transport)
+    )
     yield server
     server.close()
 
@@ -148,9 +160,12 @@ def test_stream_without_done_but_with_finish_reason_is_complete(
 
 
 def test_upstream_401_does_not_leak_our_credentials(
-    fake_server: FakeServer, fake: FakeOpenAI
+    fake_server: FakeServer, fake: FakeOpenAI, transport: str
 ) -> None:
-    server = ServiceServer(settings_for(fake_server.url, vllm_api_key="sk-secret-upstream"))
+    settings = settings_for(
+        fake_server.url, vllm_api_key="sk-secret-upstream", upstream_transport=transport
+    )
+    server = ServiceServer(settings)
     try:
         fake.push(Script(status=401))
         resp = post(server, True)

@@ -56,8 +56,8 @@ def hostile() -> Iterator[HostileServer]:
 
 
 @pytest.fixture(scope="module")
-def service(hostile: HostileServer) -> Iterator[ServiceServer]:
-    server = ServiceServer(settings_for(hostile.url, **LIMITS))
+def service(hostile: HostileServer, transport: str) -> Iterator[ServiceServer]:
+    server = ServiceServer(settings_for(hostile.url, upstream_transport=transport, **LIMITS))
     # Warm up both paths (first-use imports and pools are not the hostile reply's memory).
     for stream in (True, False):
         assert post(server, stream).status_code == 200
@@ -229,7 +229,7 @@ def test_a_redirect_is_502_and_not_followed(
         elsewhere.close()
 
 
-def test_the_token_endpoint_redirect_is_not_followed(server: HostileServer) -> None:
+def test_the_token_endpoint_redirect_is_not_followed(server: HostileServer, transport: str) -> None:
     """The client secret is posted to the configured token URL and nowhere else."""
     issuer = TokenServer(client_secret="oauth-secret-1234")
     elsewhere = FakeServer(app=issuer.app())
@@ -237,7 +237,7 @@ def test_the_token_endpoint_redirect_is_not_followed(server: HostileServer) -> N
     token_host = HostileServer(default=raw(redirect % elsewhere.url.encode()))
     service = ServiceServer(settings_for(
         server.url, vllm_token_url=f"{token_host.url}/oauth/token", vllm_client_id="svc",
-        vllm_client_secret="oauth-secret-1234", **LIMITS,
+        vllm_client_secret="oauth-secret-1234", upstream_transport=transport, **LIMITS,
     ))  # fmt: skip
     try:
         resp = post(service, True)

@@ -28,9 +28,10 @@ def pair() -> Iterator[tuple[FakeServer, FakeServer]]:
     b.close()
 
 
-def start_service(*replicas: FakeServer, **overrides: Any) -> ServiceServer:
+def start_service(transport: str, *replicas: FakeServer, **overrides: Any) -> ServiceServer:
     endpoint = ",".join(r.url for r in replicas)
     values: dict[str, Any] = {"replica_cooldown": COOLDOWN, "startup_wait": 0, **overrides}
+    values["upstream_transport"] = transport
     return ServiceServer(settings_for(endpoint, **values))
 
 
@@ -39,9 +40,9 @@ def ask(service: ServiceServer, stream: bool = True) -> httpx.Response:
     return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30)
 
 
-def test_requests_take_turns_when_idle(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_requests_take_turns_when_idle(transport: str, pair: tuple[FakeServer, FakeServer]) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         for _ in range(6):
             assert ask(service).status_code == 200
@@ -50,11 +51,13 @@ def test_requests_take_turns_when_idle(pair: tuple[FakeServer, FakeServer]) -> N
         service.close()
 
 
-def test_least_in_flight_gets_the_request(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_least_in_flight_gets_the_request(
+    transport: str, pair: tuple[FakeServer, FakeServer]
+) -> None:
     a, b = pair
     slow = Script(tokens=[f" s{i}" for i in range(10)], token_delay=0.2)
     a.fake.default = b.fake.default = slow
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         long_one = threading.Thread(target=ask, args=(service,))
         long_one.start()
@@ -73,10 +76,11 @@ def test_least_in_flight_gets_the_request(pair: tuple[FakeServer, FakeServer]) -
 
 
 def test_killed_replica_is_retried_elsewhere_cooled_down_and_used_again(
+    transport: str,
     pair: tuple[FakeServer, FakeServer],
 ) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         assert ask(service).status_code == 200
         assert ask(service).status_code == 200
@@ -102,9 +106,9 @@ def test_killed_replica_is_retried_elsewhere_cooled_down_and_used_again(
         service.close()
 
 
-def test_all_replicas_down_is_503(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_all_replicas_down_is_503(transport: str, pair: tuple[FakeServer, FakeServer]) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         a.close()
         b.close()
@@ -116,13 +120,15 @@ def test_all_replicas_down_is_503(pair: tuple[FakeServer, FakeServer]) -> None:
         service.close()
 
 
-def test_overloaded_replica_is_retried_on_the_other(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_overloaded_replica_is_retried_on_the_other(
+    transport: str, pair: tuple[FakeServer, FakeServer]
+) -> None:
     a, b = pair
     busy = Script(status=503, error_body={"object": "error", "message": "overloaded"})
     a.fake.default = b.fake.default = busy
     a.fake.push(Script())
     b.fake.push(Script())
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         # whichever replica is asked first answers 503 on its second request; then the other
         assert ask(service).status_code == 200
@@ -134,11 +140,13 @@ def test_overloaded_replica_is_retried_on_the_other(pair: tuple[FakeServer, Fake
         service.close()
 
 
-def test_no_retry_once_tokens_were_sent(pair: tuple[FakeServer, FakeServer]) -> None:
+def test_no_retry_once_tokens_were_sent(
+    transport: str, pair: tuple[FakeServer, FakeServer]
+) -> None:
     a, b = pair
     dying = Script(tokens=[f" d{i}" for i in range(6)], die_after=3)
     a.fake.default = b.fake.default = dying
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         resp = ask(service)
         assert resp.status_code == 200
@@ -152,10 +160,11 @@ def test_no_retry_once_tokens_were_sent(pair: tuple[FakeServer, FakeServer]) -> 
 
 
 def test_readiness_is_ready_while_one_replica_answers(
+    transport: str,
     pair: tuple[FakeServer, FakeServer],
 ) -> None:
     a, b = pair
-    service = start_service(a, b)
+    service = start_service(transport, a, b)
     try:
         a.close()
         for _ in range(2):
@@ -173,11 +182,6 @@ def test_endpoint_list_is_validated() -> None:
 
 
 # --- routing: prefix affinity, sessions, load from /metrics -----------------------------------
-
-
-@pytest.fixture(params=["lean"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture
@@ -221,7 +225,7 @@ def counts(*servers: FakeServer) -> list[int]:
 def test_a_shared_prefix_stays_on_one_replica_and_other_prefixes_spread(
     trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
 ) -> None:
-    service = start_service(*trio)  # prefix_affinity is the default
+    service = start_service(transport, *trio)  # prefix_affinity is the default
     try:
         doc = document("handbook")
         for i in range(6):
@@ -239,7 +243,7 @@ def test_a_shared_prefix_stays_on_one_replica_and_other_prefixes_spread(
 def test_least_inflight_spreads_a_shared_prefix(
     trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
 ) -> None:
-    service = start_service(*trio, routing="least_inflight")
+    service = start_service(transport, *trio, routing="least_inflight")
     try:
         for i in range(6):
             assert ask_about(service, document("handbook"), f"Q{i}?").status_code == 200
@@ -251,7 +255,7 @@ def test_least_inflight_spreads_a_shared_prefix(
 def test_a_killed_replica_costs_no_request_and_its_prefixes_move(
     trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
 ) -> None:
-    service = start_service(*trio)
+    service = start_service(transport, *trio)
     doc = document("runbook")
     try:
         assert ask_about(service, doc, "First?").status_code == 200
@@ -282,7 +286,7 @@ def test_a_killed_replica_costs_no_request_and_its_prefixes_move(
 def test_a_session_header_or_user_keeps_a_conversation_on_one_replica(
     trio: tuple[FakeServer, FakeServer, FakeServer], transport: str
 ) -> None:
-    service = start_service(*trio)
+    service = start_service(transport, *trio)
     try:
         for i in range(4):  # different documents, one session
             resp = ask_about(service, document(f"d{i}"), "Q?", headers={"X-Session-ID": "alice"})
@@ -308,7 +312,7 @@ def test_load_reported_by_metrics_moves_a_prefix_off_a_busy_replica(
 ) -> None:
     a, b = pair
     a.fake.load_metrics = b.fake.load_metrics = (0, 0)
-    service = start_service(a, b, replica_metrics_interval=0.1)
+    service = start_service(transport, a, b, replica_metrics_interval=0.1)
     doc = document("faq")
     try:
         assert ask_about(service, doc, "One?").status_code == 200

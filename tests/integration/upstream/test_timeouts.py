@@ -28,7 +28,7 @@ def timed_fake() -> Iterator[FakeServer]:
 
 
 @pytest.fixture(scope="module")
-def timed_service(timed_fake: FakeServer) -> Iterator[ServiceServer]:
+def timed_service(timed_fake: FakeServer, transport: str) -> Iterator[ServiceServer]:
     server = ServiceServer(
         settings_for(
             timed_fake.url,
@@ -37,6 +37,7 @@ def timed_service(timed_fake: FakeServer) -> Iterator[ServiceServer]:
             idle_timeout=0.5,
             request_timeout=2.5,
             startup_wait=0,
+            upstream_transport=transport,
         )
     )
     yield server
@@ -62,7 +63,7 @@ def error_event(text: str) -> dict[str, Any]:
     return errors[0].json()["error"]  # type: ignore[no-any-return]
 
 
-def test_connect_timeout_is_504() -> None:
+def test_connect_timeout_is_504(transport: str) -> None:
     # A listening socket whose accept queue is full: the kernel drops further SYNs, so a
     # connect hangs until the client gives up.
     listener = socket.socket()
@@ -76,7 +77,12 @@ def test_connect_timeout_is_504() -> None:
         filler.connect_ex(("127.0.0.1", port))
         fillers.append(filler)
     service = ServiceServer(
-        settings_for(f"http://127.0.0.1:{port}", connect_timeout=0.5, startup_wait=0)
+        settings_for(
+            f"http://127.0.0.1:{port}",
+            connect_timeout=0.5,
+            startup_wait=0,
+            upstream_transport=transport,
+        )
     )
     try:
         started = time.monotonic()

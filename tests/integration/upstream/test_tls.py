@@ -43,8 +43,11 @@ def ask(service: ServiceServer, stream: bool) -> httpx.Response:
     return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30)
 
 
-def run(https_fake: FakeServer, **overrides: Any) -> list[httpx.Response]:
-    service = ServiceServer(settings_for(https_fake.url, startup_wait=0, **overrides))
+def run(transport: str, https_fake: FakeServer, **overrides: Any) -> list[httpx.Response]:
+    settings = settings_for(
+        https_fake.url, startup_wait=0, upstream_transport=transport, **overrides
+    )
+    service = ServiceServer(settings)
     try:
         ready = httpx.get(f"{service.url}/v1/ready", timeout=10)
         return [ready, ask(service, True), ask(service, False)]
@@ -52,16 +55,20 @@ def run(https_fake: FakeServer, **overrides: Any) -> list[httpx.Response]:
         service.close()
 
 
-def test_private_ca_bundle_is_trusted(https_fake: FakeServer, ca_file: Path) -> None:
+def test_private_ca_bundle_is_trusted(
+    transport: str, https_fake: FakeServer, ca_file: Path
+) -> None:
     assert https_fake.url.startswith("https://")
-    for resp in run(https_fake, tls_ca_bundle=ca_file):
+    for resp in run(transport, https_fake, tls_ca_bundle=ca_file):
         assert resp.status_code == 200, resp.text
     assert len(https_fake.fake.requests) >= 2
 
 
-def test_untrusted_certificate_is_refused_with_advice(https_fake: FakeServer) -> None:
+def test_untrusted_certificate_is_refused_with_advice(
+    transport: str, https_fake: FakeServer
+) -> None:
     before = len(https_fake.fake.requests)
-    ready, streamed, whole = run(https_fake)
+    ready, streamed, whole = run(transport, https_fake)
     assert ready.status_code == 503
     for resp in (streamed, whole):
         assert resp.status_code == 502
@@ -70,8 +77,8 @@ def test_untrusted_certificate_is_refused_with_advice(https_fake: FakeServer) ->
     assert len(https_fake.fake.requests) == before  # nothing reached the server
 
 
-def test_skip_verify_connects_without_the_ca(https_fake: FakeServer) -> None:
-    for resp in run(https_fake, tls_skip_verify=True):
+def test_skip_verify_connects_without_the_ca(transport: str, https_fake: FakeServer) -> None:
+    for resp in run(transport, https_fake, tls_skip_verify=True):
         assert resp.status_code == 200
 
 

@@ -14,6 +14,7 @@ import ssl
 
 import pytest
 
+from llm_service.context import request_id
 from llm_service.upstream.wire import (
     ConnectFailed,
     ReadTimeout,
@@ -218,3 +219,48 @@ async def test_informational_responses_are_skipped() -> None:
             assert await conn.read_all() == b"data: [DONE]\n\n"
             p.release(conn)
     assert server.connections == 1
+
+
+async def test_the_pushed_body_is_handled_in_the_current_requests_context() -> None:
+    """A kept-alive connection's network callbacks run in the context of the request that
+    opened it; what ``pump`` hands to its sink must see the request being served now (its
+    request id in the logs, its span)."""
+
+    def paced(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                server.requests.append(await read_request(reader))
+                writer.write(SSE_HEAD)
+                for i in range(3):
+                    await asyncio.sleep(0.02)  # each piece its own read, after pump began
+                    writer.write(chunk(b'data: {"n":%d}\n\n' % i))
+                    await writer.drain()
+                writer.write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                await writer.drain()
+
+        return handler
+
+    seen: dict[str, list[str]] = {}
+
+    async def one(p: StreamPool, url: str, rid: str) -> None:
+        request_id.set(rid)  # this task's context, as the service's request record does
+        conn = await p.open(url, b"{}", {}, total=5.0)
+        seen[rid] = []
+
+        def sink(data: bytes) -> bool:
+            seen[rid].append(request_id.get())
+            return False
+
+        try:
+            await conn.pump(sink)
+            assert conn.complete and not await conn.read()
+        finally:
+            p.release(conn)
+
+    async with serve(paced) as server, pool() as p:
+        await asyncio.create_task(one(p, server.url, "request-a"))
+        await asyncio.create_task(one(p, server.url, "request-b"))
+    assert server.connections == 1  # B reused A's connection
+    assert len(seen["request-b"]) >= 2  # pushed from the network callback, read by read
+    assert set(seen["request-a"]) == {"request-a"}
+    assert set(seen["request-b"]) == {"request-b"}
