@@ -87,6 +87,12 @@ def block_hashes(text: str, block_chars: int) -> list[int]:
     return hashes
 
 
+def _session_hash(session: str) -> int:
+    # Kept in the prefix table with the block hashes: the marker keeps it from ever
+    # equalling one (a block hash is the hash of an (int, str) tuple).
+    return hash(("session", session))
+
+
 def stable_id(text: str) -> int:
     """A 64-bit digest of ``text``, the same in every process (``hash()`` of a str is
     salted per process; of a tuple of ints it is not)."""
@@ -202,17 +208,39 @@ class PrefixAffinity(LeastInflight):
         if up:
             mean = total / up
             bound = max(mean * self.balance, mean + self.slack)
-            if key.session is not None:
-                chosen = self._by_session(replicas, tried, key.session, now, bound)
-            elif key.blocks:
+            session = key.session
+            if session is not None:
+                # The session's replica, once it has one; a new session (or one whose
+                # replica is out) goes where its prompt's prefix is, else to its
+                # rendezvous replica, which every process of the service agrees on.
+                chosen = self._usable(self.owner(_session_hash(session)), tried, now, bound)
+            if chosen is None and key.blocks:
                 chosen, known = self._by_prefix(tried, key.blocks, now, bound)
+            if chosen is None and session is not None:
+                chosen = self._by_session(replicas, tried, session, now, bound)
         if chosen is None:
             chosen = self.least_loaded(replicas, tried, now)
         if key.blocks:
             # Blocks above the deepest known one keep their replica, which holds them
             # too: rewriting them would cost a look-up each for nothing.
             self._remember(key.blocks[known:] if known else key.blocks, chosen)
+        if key.session is not None:
+            self._remember([_session_hash(key.session)], chosen)
         return chosen
+
+    @staticmethod
+    def _usable(
+        replica: Replica | None, tried: Sequence[Replica], now: float, bound: float
+    ) -> Replica | None:
+        if (
+            replica is not None
+            and replica.active
+            and replica.down_until <= now
+            and replica not in tried
+            and replica.load <= bound
+        ):
+            return replica
+        return None
 
     def _by_session(
         self,

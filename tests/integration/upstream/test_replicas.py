@@ -300,7 +300,7 @@ def test_a_session_header_or_user_keeps_a_conversation_on_one_replica(
         for s in trio:
             s.fake.reset()
         for i in range(12):  # sessions spread over the replicas
-            resp = ask_about(service, document("same"), "Q?", headers={"X-Session-ID": f"s{i}"})
+            resp = ask_about(service, document(f"s{i}"), "Q?", headers={"X-Session-ID": f"s{i}"})
             assert resp.status_code == 200
         assert sum(1 for n in counts(*trio) if n) >= 2
     finally:

@@ -185,12 +185,23 @@ def test_a_session_sticks_to_one_replica_over_prefix_and_across_processes() -> N
     p = policy()
     chosen = {route(p, reps, chat(f"topic {i} " * 30), session="s-1") for i in range(8)}
     assert len(chosen) == 1
-    other = policy()  # another process: the same replica for the same session
+    # A new session with no known prefix goes to its rendezvous replica: another process
+    # picks the same one.
+    other = policy()
     assert route(other, replicas(4), chat("x " * 50), session="s-1").url == chosen.pop().url
     by_user = route(p, reps, chat("y " * 50, user="s-1"))
     assert by_user is route(p, reps, chat("z " * 50), session="s-1")
-    sessions = {route(p, reps, chat("q " * 50), session=f"s{i}").url for i in range(40)}
+    sessions = {route(p, reps, chat(f"q{i} " * 50), session=f"s{i}").url for i in range(40)}
     assert len(sessions) == 4  # sessions spread over the replicas
+
+
+def test_a_new_session_starts_where_its_prefix_is_then_keeps_its_replica() -> None:
+    p, reps = policy(), replicas(4)
+    holder = route(p, reps, chat(SYSTEM, "popular document " * 20))
+    first = route(p, reps, chat(SYSTEM, "popular document " * 20, "q1"), session="new")
+    assert first is holder  # the prefix's replica, not the rendezvous one
+    for i in range(5):  # later turns stay, whatever their prompts
+        assert route(p, reps, chat(f"unrelated {i} " * 40), session="new") is holder
 
 
 def test_a_session_moves_when_its_replica_is_over_the_bound_or_down() -> None:
@@ -200,9 +211,13 @@ def test_a_session_moves_when_its_replica_is_over_the_bound_or_down() -> None:
     second = route(p, reps, chat("a " * 50), session="s")
     assert second is not home
     home.in_flight = 0
-    home.down_until = 10.0
-    assert route(p, reps, chat("a " * 50), session="s", now=5.0) is not home
-    assert route(p, reps, chat("a " * 50), session="s", now=20.0) is home
+    # it stays where it moved: its latest turns are cached there
+    assert route(p, reps, chat("a " * 50, "b " * 50), session="s") is second
+    second.down_until = 10.0
+    third = route(p, reps, chat("a " * 50), session="s", now=5.0)
+    assert third is not second
+    second.down_until = 0.0
+    assert route(p, reps, chat("a " * 50), session="s", now=20.0) is third
 
 
 def test_a_single_replica_and_every_replica_tried() -> None:
