@@ -14,8 +14,9 @@ since the last turn-over is kept, the rest goes at the next). Characters rather 
 tokens: no tokenizer on the hot path, and a prefix of equal characters is a prefix of equal
 tokens up to the token that straddles the cut.
 
-A session key (a request header, else OpenAI's ``user`` field) takes precedence: its
-requests go to one replica chosen by rendezvous hashing, the same in every process.
+A session key (a request header, else OpenAI's ``user`` field) takes precedence once the
+session has a replica: its requests stay there. A new session starts where its prompt's
+prefix is, else at its rendezvous-hashing replica (the same in every process).
 
 A prefix routes only when it covers at least ``min_match`` of the prompt's blocks (as
 SGLang's ``cache_threshold``): a shorter one, such as a system prompt alone, begins most
