@@ -233,6 +233,7 @@ class PrefixAffinity(LeastInflight):
     def _usable(
         replica: Replica | None, tried: Sequence[Replica], now: float, bound: float
     ) -> Replica | None:
+        """``replica`` if a request may go there now: listed, up, untried, in bounds."""
         if (
             replica is not None
             and replica.active
@@ -255,7 +256,7 @@ class PrefixAffinity(LeastInflight):
         sid = stable_id(session)
         ranked = sorted(replicas, key=lambda r: hash((sid, r.ident)), reverse=True)
         for replica in ranked:
-            if replica.down_until <= now and replica not in tried and replica.load <= bound:
+            if self._usable(replica, tried, now, bound) is not None:
                 return replica
         return None
 
@@ -278,12 +279,7 @@ class PrefixAffinity(LeastInflight):
             if replica is None or replica is rejected:
                 continue
             known = known or i
-            if (
-                replica.active
-                and replica.down_until <= now
-                and replica not in tried
-                and replica.load <= bound
-            ):
+            if self._usable(replica, tried, now, bound) is not None:
                 return replica, known
             rejected = replica  # shallower blocks mostly name the same one: skip it cheaply
         return None, known
@@ -301,10 +297,6 @@ class PrefixAffinity(LeastInflight):
         if len(young) * 2 >= self.table_size:
             retired.clear()  # (already empty: it drains as fast as `young` fills)
             self._retired, self._old, self._young = self._old, young, {}
-
-
-RoutingPolicy = LeastInflight
-"""The type of a routing policy (``PrefixAffinity`` is one)."""
 
 
 def make_policy(
