@@ -16,6 +16,7 @@ COLUMNS = (
     ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}"),
     ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}"),
     ("imbalance", "imbalance", "{:.2f}"),
+    ("instant_imbalance", "inst. imb.", "{:.2f}"),
     ("req_per_s", "req/s", "{:.1f}"),
     ("tok_per_s", "tok/s", "{:.0f}"),
 )
@@ -33,6 +34,7 @@ def as_dict(result: RunResult) -> dict[str, Any]:
         "ttft_p50_ms": result.ttft_p50_ms,
         "ttft_p99_ms": result.ttft_p99_ms,
         "imbalance": result.imbalance,
+        "instant_imbalance": result.instant_imbalance,
         "req_per_s": result.req_per_s,
         "tok_per_s": result.tok_per_s,
         "wall_s": result.wall_s,
