@@ -77,6 +77,18 @@ def percentile(values: Sequence[float], q: float) -> float:
 # --- routers -------------------------------------------------------------------------------
 
 
+def service_routing(policy: str) -> dict[str, str]:
+    """The service's routing settings for ``policy``: ``LLM_ROUTING`` and, after colons,
+    its knobs (``prefix_affinity:balance=1.25:balance_slack=2`` sets LLM_ROUTING_BALANCE
+    and LLM_ROUTING_BALANCE_SLACK), so variants can run side by side in one run."""
+    name, *knobs = policy.split(":")
+    env = {"LLM_ROUTING": name}
+    for knob in knobs:
+        key, _, value = knob.partition("=")
+        env[f"LLM_ROUTING_{key.upper()}"] = value
+    return env
+
+
 async def start_router(
     harness: Harness, policy: str, urls: Sequence[str], router_args: Sequence[str] = ()
 ) -> tuple[Child, str]:
@@ -109,8 +121,8 @@ async def start_router(
             "LLM_MODEL_SERVER_ENDPOINT": ",".join(urls),
             "LLM_MODEL_SERVER": "vllm",
             "LLM_MODEL_NAME": MODEL,
-            "LLM_ROUTING": policy,  # ignored by a service without the setting
             "LLM_LOG_LEVEL": "WARNING",
+            **service_routing(policy),
         }
         argv = [
             sys.executable,

@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from llm_service.errors import UpstreamError
 from llm_service.upstream.faults import REPLICA_FAULTS
 from llm_service.upstream.redact import safe_url
-from llm_service.upstream.routing import LeastInflight, RouteKey, stable_id
+from llm_service.upstream.routing import LeastInflight, RouteKey
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ class Replica:
     down_until: float = 0.0  # monotonic time until which it is left out after a failure
     external: int = 0  # requests of other clients it reported at its last metrics poll
     active: bool = True  # False once discovery no longer lists it
-    ident: int = field(init=False, repr=False)  # the URL's stable digest (routing)
-
-    def __post_init__(self) -> None:
-        self.ident = stable_id(self.url)
 
     @property
     def load(self) -> int:

@@ -16,7 +16,9 @@ tokens up to the token that straddles the cut.
 
 A session key (a request header, else OpenAI's ``user`` field) takes precedence once the
 session has a replica: its requests stay there. A new session starts where its prompt's
-prefix is, else at its rendezvous-hashing replica (the same in every process).
+prefix is, else on the least loaded replica (spreading sessions by load, not by a hash of
+their keys, keeps the replicas even: a hash deals sessions out unevenly, and the load bound
+then moves them, cache and all).
 
 A prefix routes only when it covers at least ``min_match`` of the prompt's blocks (as
 SGLang's ``cache_threshold``): a shorter one, such as a system prompt alone, begins most
@@ -30,7 +32,6 @@ replica are skipped and overwritten by the next choice, so a dead replica's pref
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -92,12 +93,6 @@ def _session_hash(session: str) -> int:
     # Kept in the prefix table with the block hashes: the marker keeps it from ever
     # equalling one (a block hash is the hash of an (int, str) tuple).
     return hash(("session", session))
-
-
-def stable_id(text: str) -> int:
-    """A 64-bit digest of ``text``, the same in every process (``hash()`` of a str is
-    salted per process; of a tuple of ints it is not)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest())
 
 
 class LeastInflight:
@@ -212,13 +207,11 @@ class PrefixAffinity(LeastInflight):
             session = key.session
             if session is not None:
                 # The session's replica, once it has one; a new session (or one whose
-                # replica is out) goes where its prompt's prefix is, else to its
-                # rendezvous replica, which every process of the service agrees on.
+                # replica is out) goes where its prompt's prefix is, else to the least
+                # loaded.
                 chosen = self._usable(self.owner(_session_hash(session)), tried, now, bound)
             if chosen is None and key.blocks:
                 chosen, known = self._by_prefix(tried, key.blocks, now, bound)
-            if chosen is None and session is not None:
-                chosen = self._by_session(replicas, tried, session, now, bound)
         if chosen is None:
             chosen = self.least_loaded(replicas, tried, now)
         if key.blocks:
@@ -244,21 +237,6 @@ class PrefixAffinity(LeastInflight):
             return replica
         return None
 
-    def _by_session(
-        self,
-        replicas: Sequence[Replica],
-        tried: Sequence[Replica],
-        session: str,
-        now: float,
-        bound: float,
-    ) -> Replica | None:
-        """The session's replica in rendezvous order: the first one usable and in bounds."""
-        sid = stable_id(session)
-        ranked = sorted(replicas, key=lambda r: hash((sid, r.ident)), reverse=True)
-        for replica in ranked:
-            if self._usable(replica, tried, now, bound) is not None:
-                return replica
-        return None
 
     def _by_prefix(
         self, tried: Sequence[Replica], blocks: list[int], now: float, bound: float

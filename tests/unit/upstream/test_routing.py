@@ -180,17 +180,23 @@ def test_the_table_is_bounded_and_forgets_the_least_recently_used() -> None:
 # --- session affinity ---------------------------------------------------------------------
 
 
-def test_a_session_sticks_to_one_replica_over_prefix_and_across_processes() -> None:
+def test_a_session_sticks_to_one_replica_whatever_its_prompts() -> None:
     reps = replicas(4)
     p = policy()
     chosen = {route(p, reps, chat(f"topic {i} " * 30), session="s-1") for i in range(8)}
     assert len(chosen) == 1
-    # A new session with no known prefix goes to its rendezvous replica: another process
-    # picks the same one.
-    other = policy()
-    assert route(other, replicas(4), chat("x " * 50), session="s-1").url == chosen.pop().url
     by_user = route(p, reps, chat("y " * 50, user="s-1"))
     assert by_user is route(p, reps, chat("z " * 50), session="s-1")
+
+
+def test_new_sessions_without_a_known_prefix_go_to_the_least_loaded() -> None:
+    reps = replicas(4)
+    p = policy()
+    for i, replica in enumerate(reps):
+        replica.in_flight = 3 - i  # the last is the least loaded
+    assert route(p, reps, chat("fresh " * 50), session="new-1") is reps[3]
+    for replica in reps:
+        replica.in_flight = 0  # even: ties take turns
     sessions = {route(p, reps, chat(f"q{i} " * 50), session=f"s{i}").url for i in range(40)}
     assert len(sessions) == 4  # sessions spread over the replicas
 
@@ -199,7 +205,7 @@ def test_a_new_session_starts_where_its_prefix_is_then_keeps_its_replica() -> No
     p, reps = policy(), replicas(4)
     holder = route(p, reps, chat(SYSTEM, "popular document " * 20))
     first = route(p, reps, chat(SYSTEM, "popular document " * 20, "q1"), session="new")
-    assert first is holder  # the prefix's replica, not the rendezvous one
+    assert first is holder  # the prefix's replica, not the least loaded one
     for i in range(5):  # later turns stay, whatever their prompts
         assert route(p, reps, chat(f"unrelated {i} " * 40), session="new") is holder
 
