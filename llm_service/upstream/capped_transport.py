@@ -100,6 +100,10 @@ class _Meter:
 
     def take(self, piece: bytes) -> bytes:
         if self.kind == _EVENTS:
+            if piece.endswith(b"\n\n"):  # the usual read: whole events, nothing after them
+                self.run = 0
+                self.tail = b"\n\n"
+                return piece
             after = _after_last_event_end(self.tail, piece)
             self.run = self.run + len(piece) if after < 0 else after
             self.tail = (self.tail + piece)[-_TAIL:] if len(piece) < _TAIL else piece[-_TAIL:]
