@@ -83,6 +83,7 @@ def _openai_http(settings: Settings, url: str) -> _OpenAIHttp:
     service's own client on every reply. ``trust_env`` is off: httpx2 would read proxies
     from the environment and mount its own, uncapped, transports for them. Redirects are
     not followed, as by the lean client."""
+    import httpx2
     import openai
 
     from llm_service.upstream.capped_transport import AsyncCappedTransport, CappedTransport
@@ -93,7 +94,13 @@ def _openai_http(settings: Settings, url: str) -> _OpenAIHttp:
         "max_line_bytes": settings.max_upstream_line_bytes,
         "verify": ssl_context_for(settings),
         "proxy": Proxies.from_settings(settings).for_url(bare),
-        "limits": openai.DEFAULT_CONNECTION_LIMITS,
+        # The SDK's pool sizes; idle connections kept no longer than the lean client keeps
+        # them (LLM_UPSTREAM_KEEPALIVE), below the servers' own keep-alive.
+        "limits": httpx2.Limits(
+            max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+            max_keepalive_connections=openai.DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
+            keepalive_expiry=settings.upstream_keepalive,
+        ),
     }
     return _OpenAIHttp(
         url=bare,

@@ -81,7 +81,7 @@ class _Meter:
         self.run = 0  # bytes so far: of the body, or of the stream's current event
         self.tail = b""
         self.deadline = 0.0
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        encoding = response.headers.get("content-encoding", "").strip().lower() or "identity"
         if encoding != "identity":
             raise UpstreamError(
                 f"model server sent a compressed reply (Content-Encoding: {encoding[:40]}) "

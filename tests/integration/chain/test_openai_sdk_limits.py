@@ -164,7 +164,7 @@ EVENT_TOO_LONG = (
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_an_endless_error_body_is_502_with_its_start(
+def test_an_endless_error_body_is_502_in_bounded_memory_and_time(
     service: ServiceServer, server: HostileServer, stream: bool
 ) -> None:
     message = b'{"error": {"message": "out of KV cache ' + b"x" * 200
