@@ -83,9 +83,9 @@ class _Meter:
         self.deadline = 0.0
         encoding = response.headers.get("content-encoding", "").strip().lower() or "identity"
         if encoding != "identity":
+            # Its value is not shown: only scrubbed text of the server's reaches a client.
             raise UpstreamError(
-                f"model server sent a compressed reply (Content-Encoding: {encoding[:40]}) "
-                "though asked for none"
+                "model server sent a compressed reply (Content-Encoding) though asked for none"
             )
         if not response.is_success:
             self.kind, self.limit = _ERROR, ERROR_BODY_BYTES

@@ -305,7 +305,7 @@ def test_a_compressed_reply_is_refused_unread(
     with Rss() as rss:
         resp, took = timed(service, False)
     assert error_of(resp)["message"] == (
-        "model server sent a compressed reply (Content-Encoding: gzip) though asked for none"
+        "model server sent a compressed reply (Content-Encoding) though asked for none"
     )
     assert server.requests[-1].headers["accept-encoding"] == "identity"
     assert took < QUICK
