@@ -12,7 +12,8 @@ The HTTP service and a notebook run the same object::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel, BaseLLM, LanguageModelInput
 from langchain_core.messages import BaseMessage
@@ -30,6 +31,9 @@ from llm_service.upstream.client import UpstreamClient
 from llm_service.upstream.params import OPENAI_FIELDS, sampling_payload
 from llm_service.upstream.proxy import Proxies
 from llm_service.upstream.tls import ssl_context_for
+
+if TYPE_CHECKING:
+    import httpx2
 
 
 def resolve_endpoint(settings: Settings, endpoint: str | None) -> str:
@@ -59,43 +63,77 @@ def build_model(
     )
 
 
-def _openai_transport(settings: Settings, url: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """What the openai SDK's httpx clients need to reach ``url`` as the lean client does:
-    the URL without userinfo, the httpx options (the one TLS context, client certificate
-    included; the proxy ``Proxies`` chooses, never httpx's own reading of the environment)
-    and the default headers (the userinfo's ``Authorization: Basic`` unless
-    LLM_VLLM_API_KEY is set: the explicit key wins)."""
+@dataclass(frozen=True)
+class _OpenAIHttp:
+    """What the openai SDK needs to reach a model server as the lean client does."""
+
+    url: str  # without userinfo
+    headers: dict[str, str]
+    client: httpx2.Client
+    async_client: httpx2.AsyncClient
+
+
+def _openai_http(settings: Settings, url: str) -> _OpenAIHttp:
+    """The URL without userinfo, the default headers (the userinfo's ``Authorization:
+    Basic`` unless LLM_VLLM_API_KEY is set: the explicit key wins) and the SDK's sync and
+    async httpx2 clients (its defaults: timeouts, pool limits).
+
+    Each client's transport is a ``CappedTransport``: the one TLS context (client
+    certificate included), the proxy ``Proxies`` chooses, and the size caps of the
+    service's own client on every reply. ``trust_env`` is off: httpx2 would read proxies
+    from the environment and mount its own, uncapped, transports for them. Redirects are
+    not followed, as by the lean client."""
+    import httpx2
+    import openai
+
+    from llm_service.upstream.capped_transport import AsyncCappedTransport, CappedTransport
+
     bare, basic = url_credentials(url)
     options: dict[str, Any] = {
+        "max_response_bytes": settings.max_upstream_response_bytes,
+        "max_line_bytes": settings.max_upstream_line_bytes,
         "verify": ssl_context_for(settings),
         "proxy": Proxies.from_settings(settings).for_url(bare),
-        "trust_env": False,
+        # The SDK's pool sizes; idle connections kept no longer than the lean client keeps
+        # them (LLM_UPSTREAM_KEEPALIVE), below the servers' own keep-alive.
+        "limits": httpx2.Limits(
+            max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+            max_keepalive_connections=openai.DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
+            keepalive_expiry=settings.upstream_keepalive,
+        ),
     }
-    headers = {"Authorization": basic} if basic and settings.vllm_api_key is None else {}
-    return bare, options, headers
+    return _OpenAIHttp(
+        url=bare,
+        headers={"Authorization": basic} if basic and settings.vllm_api_key is None else {},
+        client=openai.DefaultHttpxClient(
+            transport=CappedTransport(**options), trust_env=False, follow_redirects=False
+        ),
+        async_client=openai.DefaultAsyncHttpxClient(
+            transport=AsyncCappedTransport(**options), trust_env=False, follow_redirects=False
+        ),
+    )
 
 
 def _chat_openai(settings: Settings, url: str) -> BaseChatModel:
     # Imported on use: the openai SDK and langchain-openai take a second to import, and the
     # default model step needs neither.
-    import httpx
     from langchain_openai import ChatOpenAI
 
-    url, options, headers = _openai_transport(settings, url)
+    http = _openai_http(settings, url)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     return ChatOpenAI(
         model=settings.model_name,
-        base_url=f"{url}/v1",
+        base_url=f"{http.url}/v1",
         api_key=key,
-        default_headers=headers or None,
+        default_headers=http.headers or None,
         # langchain-openai sends max_tokens as max_completion_tokens, which llama.cpp and
         # TGI ignore; in extra_body it reaches every server under its OpenAI name.
         extra_body={"max_tokens": settings.default_max_tokens},
         stream_usage=True,
         timeout=settings.request_timeout,
         max_retries=0,
-        http_client=httpx.Client(**options),
-        http_async_client=httpx.AsyncClient(**options),
+        http_client=http.client,
+        http_async_client=http.async_client,
     )
 
 
@@ -110,27 +148,23 @@ def _vllm_openai(settings: Settings, url: str) -> BaseLLM:
         warnings.simplefilter("ignore", DeprecationWarning)
         from langchain_community.llms import VLLMOpenAI
 
-    url, options, headers = _openai_transport(settings, url)
+    http = _openai_http(settings, url)
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else "EMPTY"
     common: dict[str, Any] = {
         "api_key": key,
-        "base_url": f"{url}/v1",
-        "default_headers": headers or None,
+        "base_url": f"{http.url}/v1",
+        "default_headers": http.headers or None,
         "timeout": openai.Timeout(settings.request_timeout, connect=settings.connect_timeout),
         "max_retries": 0,
     }
     llm: BaseLLM = VLLMOpenAI(
         model_name=settings.model_name,
         openai_api_key=key,
-        openai_api_base=f"{url}/v1",
+        openai_api_base=f"{http.url}/v1",
         max_tokens=settings.default_max_tokens,
         max_retries=0,
-        client=openai.OpenAI(
-            **common, http_client=openai.DefaultHttpxClient(**options)
-        ).completions,
-        async_client=openai.AsyncOpenAI(
-            **common, http_client=openai.DefaultAsyncHttpxClient(**options)
-        ).completions,
+        client=openai.OpenAI(**common, http_client=http.client).completions,
+        async_client=openai.AsyncOpenAI(**common, http_client=http.async_client).completions,
     )
     return llm
 

@@ -28,7 +28,7 @@ from langsmith.utils import tracing_is_enabled
 
 from llm_service.chain import bind_params, build_model
 from llm_service.chain.messages import openai_usage
-from llm_service.errors import InvalidRequest
+from llm_service.errors import InvalidRequest, as_service_error
 from llm_service.observability import Observability, RequestRecord
 from llm_service.protocol.opea import ChatRequest
 from llm_service.protocol.openai import ChatMessage, OpenAIChunkEncoder, finish_reason
@@ -375,7 +375,12 @@ class ChatService:
         usage: Mapping[str, Any] | None
         extra: dict[str, Any] = {}
         if self.through_chain:
-            message = await self.bound_model(prepared).ainvoke(prepared.built.messages)
+            try:
+                message = await self.bound_model(prepared).ainvoke(prepared.built.messages)
+            except Exception as exc:
+                # ChatOpenAI's and VLLMOpenAI's openai errors: the defined statuses the lean
+                # client answers with, as a stream's relay gives them.
+                raise as_service_error(exc, self.client.redactor) from None
             text = str(message.text)
             finish = message.response_metadata.get("finish_reason")
             usage = openai_usage(getattr(message, "usage_metadata", None))
