@@ -388,7 +388,7 @@ class UpstreamClient:
                 raise faults.unreachable(exc.os_error, redact) from None
             except aiohttp.ClientResponseError as exc:  # not HTTP, or a head past the limits
                 raise faults.bad_http(exc.message, redact) from None
-            except aiohttp.ServerDisconnectedError as exc:
+            except aiohttp.ClientConnectionError as exc:  # closed or reset before the answer
                 raise self._closed_early(url, exc) from None
             except aiohttp.ClientError as exc:
                 raise faults.broke(exc, redact) from None
