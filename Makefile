@@ -55,8 +55,17 @@ test: lint typecheck unit
 
 # Relay speed against a fast fake upstream: service on core 0, upstream + load on core 1.
 # BENCH_ARGS="--quick" for a short smoke run.
+# Then what a routing decision costs at 10,000 distinct prefixes (docs/routing.md).
 bench: setup
 	$(UV) run --no-sync python -m bench.run $(BENCH_ARGS)
+	$(UV) run --no-sync python -m bench.routing_cost
+
+# The fleet simulator: fake vLLM replicas with prefix caches, one RAG trace replayed through
+# this service under each LLM_ROUTING and through vllm-router (docs/fleet-simulator.md).
+# FLEET_ARGS="--kill-at 0.5" kills a replica halfway; "--rounds 2" repeats, rotating.
+.PHONY: fleet
+fleet: setup
+	$(UV) run --no-sync python -m bench.fleet $(FLEET_ARGS)
 
 docker:
 	docker build -t llm-service:latest .
