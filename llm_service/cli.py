@@ -9,9 +9,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_service.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from starlette.middleware import Middleware
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,18 +75,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, middleware: Sequence[Middleware] = ()) -> int:
+    """Run the service under uvicorn until SIGTERM or SIGINT. ``middleware``: ASGI
+    middleware around every route (``create_app``), for an entry script of a deployer's own
+    (docs/usage.md)."""
     from llm_service.observability.logs import configure_logging, stop_logging
 
     # LLM_LOG_FORMAT, LLM_LOG_LEVEL, uvicorn's lines too; written by a thread of its own.
     writer = configure_logging(settings)
     try:
-        return _serve(settings, lambda: stop_logging(writer))
+        return _serve(settings, middleware, lambda: stop_logging(writer))
     finally:
         stop_logging(writer)  # the last lines are written before exiting
 
 
-def _serve(settings: Settings, on_exit: Callable[[], None]) -> int:
+def _serve(
+    settings: Settings, middleware: Sequence[Middleware], on_exit: Callable[[], None]
+) -> int:
     raise_open_files_limit()
     give_back_large_buffers()
 
@@ -91,7 +99,7 @@ def _serve(settings: Settings, on_exit: Callable[[], None]) -> int:
     from llm_service.http.server import Server, uvicorn_config
 
     try:
-        app = create_app(settings)
+        app = create_app(settings, middleware=middleware)
     except ValueError as exc:  # e.g. an unusable prompt template
         print(f"llm-service: {exc}", file=sys.stderr)
         return 2
