@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -76,6 +77,7 @@ class Options:
     profile: bool
     py_spy: list[str]
     log_levels: list[str]
+    ab_rounds: int = 1
     retries: int = 2
     repeat: int = 1
     quiet_wait: float = 60.0
@@ -225,18 +227,22 @@ class Bench:
             return
         idle = {level: rss_mb(child.pid) for level, (child, _) in services.items()}
         # Row by row, each level in turn (the first level first, then last first, ...): the
-        # levels see the same drift of the machine's speed.
-        for index in range(len(keys)):
-            order = levels if index % 2 == 0 else levels[::-1]
-            for level in order:
-                row = rows[level][index]
-                child, url = services[level]
-                row.idle_rss_mb = idle[level]
-                watch = {"service": child.pid, "upstream": upstream.pid}
-                measure = functools.partial(
-                    self.loadgen, url, row.concurrency, row.stream, False, watch
-                )
-                self.record(row, measure)
+        # levels see the same drift of the machine's speed. With --ab-rounds all of it again,
+        # each row a fresh copy; the table shows each row's median run.
+        turn = 0
+        for _ in range(self.o.ab_rounds):
+            for index in range(len(keys)):
+                order = levels if turn % 2 == 0 else levels[::-1]
+                turn += 1
+                for level in order:
+                    row = dataclasses.replace(rows[level][index], derived={}, runs=[])
+                    child, url = services[level]
+                    row.idle_rss_mb = idle[level]
+                    watch = {"service": child.pid, "upstream": upstream.pid}
+                    measure = functools.partial(
+                        self.loadgen, url, row.concurrency, row.stream, False, watch
+                    )
+                    self.record(row, measure)
         for level in levels[1:]:
             self.h.stop(services[level][0])
         service, svc_url = services[levels[0]]
@@ -459,6 +465,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--log-levels", default="INFO,WARNING",
         help="LLM_LOG_LEVEL of the unpaced service rows, measured alternately; the first "
              "(default INFO, the service's default) also runs the other rows")  # fmt: skip
+    add("--ab-rounds", type=int, default=1,
+        help="measure the unpaced service rows this often, the log levels alternating; "
+             "each row shows its median run")  # fmt: skip
     add("--ref", help="benchmark llm_service of this git ref instead of the working tree")
     add("--profile", action="store_true",
         help="also run py-spy on the service (stream c=64; paced c=1000)")  # fmt: skip
@@ -505,6 +514,7 @@ def options_from(args: argparse.Namespace) -> Options:
         profile=args.profile,
         py_spy=py_spy,
         log_levels=levels,
+        ab_rounds=max(1, args.ab_rounds),
         retries=max(0, args.retries),
         repeat=max(1, args.repeat),
     )
