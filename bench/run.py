@@ -204,7 +204,7 @@ class Bench:
     def run_service_rows(
         self, keys: list[str], upstream: Child, up_url: str, langserve: bool = False
     ) -> None:
-        levels = self.o.log_levels
+        levels = self.o.log_levels if keys else self.o.log_levels[:1]
         rows: dict[str, list[Row]] = {level: [] for level in levels}
         for key in keys:
             c, stream = UNPACED[key]
