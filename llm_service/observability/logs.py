@@ -11,10 +11,11 @@ would otherwise forge a log line of its choosing).
 
 ``configure_logging`` (``llm-service serve``) formats and writes off the event loop: the
 root logger's handler only queues each record (with its request id), and a ``LogWriter``
-thread formats what has queued up and writes it in one write. Formatting a JSON line and
-a write per request on the loop thread cost a fifth of the relay's throughput at c=64
-(docs/performance.md); the thread still takes CPU under the GIL, but in batches, at a
-moment the loop is waiting anyway or every few milliseconds, not per request.
+thread formats what has queued up and writes it in one write. On the loop thread, a JSON
+line and a write per request sat between two streams' frames, and a destination that
+blocks (a full stderr pipe) would stop every stream; the thread still takes CPU under the
+GIL, but in batches, when the loop waits anyway or at the switch interval
+(docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
