@@ -22,6 +22,8 @@ class Row:
     stream: bool = True
     paced: bool = False
     baseline: str | None = None  # key of the upstream-alone row to compare with
+    log_level: str | None = None  # the service's LLM_LOG_LEVEL
+    versus: str | None = None  # key of the same scenario at the other log level
     idle_rss_mb: float | None = None
     raw: dict[str, Any] | None = None
     error: str | None = None
@@ -37,6 +39,8 @@ class Row:
             "stream": self.stream,
             "paced": self.paced,
             "baseline": self.baseline,
+            "log_level": self.log_level,
+            "versus": self.versus,
             "error": self.error,
             **self.derived,
             "raw": self.raw,
@@ -221,6 +225,39 @@ def main_table(rows: list[Row]) -> str:
             _f(d.get("ratio_to_upstream"), 2), _notes(row),
         ])  # fmt: skip
     return _table(MAIN_COLUMNS, body)
+
+
+LOG_LEVEL_COLUMNS = (
+    "scenario", "levels", "chunks/s", "chunks/s ratio", "TTFT p50 ms", "TTFT p50 added ms",
+    "CPU µs/chunk",
+)  # fmt: skip
+
+
+def log_level_table(rows: list[Row]) -> str:
+    """Each scenario at the default log level beside the same scenario at the other level
+    (measured right after or before it): what the default's log lines cost."""
+    by_key = {r.key: r for r in rows}
+    body: list[list[str]] = []
+    for row in rows:
+        other = by_key.get(row.versus or "")
+        if other is None or row.raw is None or other.raw is None:
+            continue
+        a, b = row.derived, other.derived
+        ratio = a["chunks_per_s"] / b["chunks_per_s"] if a.get("chunks_per_s") and b.get(
+            "chunks_per_s") else None  # fmt: skip
+        added = (a["ttft_p50_ms"] - b["ttft_p50_ms"]
+                 if a.get("ttft_p50_ms") is not None and b.get("ttft_p50_ms") is not None
+                 else None)  # fmt: skip
+        a["chunks_per_s_ratio_to_other_level"] = ratio
+        a["ttft_p50_added_ms_vs_other_level"] = added
+        body.append([
+            row.label.rsplit(" ", 1)[0], f"{row.log_level} / {other.log_level}",
+            f"{_f(a.get('chunks_per_s'))} / {_f(b.get('chunks_per_s'))}", _f(ratio, 3),
+            f"{_f(a.get('ttft_p50_ms'), 2)} / {_f(b.get('ttft_p50_ms'), 2)}",
+            f"{added:+.3f}" if added is not None else "",
+            f"{_f(a.get('cpu_us_per_chunk'), 1)} / {_f(b.get('cpu_us_per_chunk'), 1)}",
+        ])  # fmt: skip
+    return _table(LOG_LEVEL_COLUMNS, body) if body else ""
 
 
 GROWTH_COLUMNS = (

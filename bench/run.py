@@ -10,6 +10,12 @@ figures to ``bench/results/latest.json``; ``docs/performance.md`` explains them:
     uv run --no-sync python -m bench.run --quick         # smoke run, about 1.5 minutes
     uv run --no-sync python -m bench.run --scenarios stream-64,paced-1000 --duration 5
     uv run --no-sync python -m bench.run --scenarios stream-64 --profile   # + py-spy
+    uv run --no-sync python -m bench.run --quick --scenarios stream-1,stream-64 --no-baseline
+
+The unpaced service rows run at the default settings (``LLM_LOG_LEVEL=INFO``: one access
+line per request) and again at ``LLM_LOG_LEVEL=WARNING``, alternating row by row between two
+services started side by side (this VM's speed drifts, so only rows measured close together
+compare); ``--log-levels`` chooses. The other service rows run at the first level.
 
 Every child process is started by this one, pinned with ``taskset``, and stopped at the end
 (also on Ctrl-C, SIGTERM or an error; children get SIGTERM if this process dies).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -44,6 +51,7 @@ from bench.report import (
     Row,
     derive,
     growth_table,
+    log_level_table,
     main_table,
     median_rows,
     profile_tables,
@@ -68,6 +76,8 @@ class Options:
     service_env: dict[str, str]
     profile: bool
     py_spy: list[str]
+    log_levels: list[str]
+    ab_rounds: int = 1
     retries: int = 2
     repeat: int = 1
     quiet_wait: float = 60.0
@@ -194,28 +204,53 @@ class Bench:
     def run_service_rows(
         self, keys: list[str], upstream: Child, up_url: str, langserve: bool = False
     ) -> None:
-        rows = []
+        levels = self.o.log_levels if keys else self.o.log_levels[:1]
+        rows: dict[str, list[Row]] = {level: [] for level in levels}
         for key in keys:
             c, stream = UNPACED[key]
-            rows.append(Row(key, f"{_kind(stream)} c={c}", "service", c, stream,
-                            baseline=f"{key}/upstream"))  # fmt: skip
+            for level in levels:
+                rows[level].append(Row(
+                    level_key(key, level, levels), f"{_kind(stream)} c={c} {level}", "service",
+                    c, stream, baseline=f"{key}/upstream", log_level=level,
+                    versus=level_key(key, levels[-1], levels) if level != levels[-1] else None,
+                ))  # fmt: skip
+        services: dict[str, tuple[Child, str]] = {}
         try:
-            service, svc_url = self.h.start_service(up_url, self.o.service_env)
+            for level in levels:
+                env = {**self.o.service_env, "LLM_LOG_LEVEL": level}
+                services[level] = self.h.start_service(up_url, env)
         except BenchError as exc:
-            self.fail(rows, f"service did not start: {exc}")
+            for child, _ in services.values():
+                self.h.stop(child)
+            self.fail([r for level_rows in rows.values() for r in level_rows],
+                      f"service did not start: {exc}")  # fmt: skip
             return
-        idle = rss_mb(service.pid)
+        idle = {level: rss_mb(child.pid) for level, (child, _) in services.items()}
+        # Row by row, each level in turn (the first level first, then last first, ...): the
+        # levels see the same drift of the machine's speed. With --ab-rounds all of it again,
+        # each row a fresh copy; the table shows each row's median run.
+        turn = 0
+        for _ in range(self.o.ab_rounds):
+            for index in range(len(keys)):
+                order = levels if turn % 2 == 0 else levels[::-1]
+                turn += 1
+                for level in order:
+                    row = dataclasses.replace(rows[level][index], derived={}, runs=[])
+                    child, url = services[level]
+                    row.idle_rss_mb = idle[level]
+                    watch = {"service": child.pid, "upstream": upstream.pid}
+                    measure = functools.partial(
+                        self.loadgen, url, row.concurrency, row.stream, False, watch
+                    )
+                    self.record(row, measure)
+        for level in levels[1:]:
+            self.h.stop(services[level][0])
+        service, svc_url = services[levels[0]]
         watch = {"service": service.pid, "upstream": upstream.pid}
-        for row in rows:
-            row.idle_rss_mb = idle
-            measure = functools.partial(
-                self.loadgen, svc_url, row.concurrency, row.stream, False, watch
-            )
-            self.record(row, measure)
         if langserve:  # the LangServe route: the chain's chunks as sse-starlette events
             row = Row("langserve-64", "LangServe /llm/stream c=64", "service", 64,
-                      baseline="stream-64/upstream")  # fmt: skip
-            row.idle_rss_mb = idle
+                      baseline="stream-64/upstream", log_level=levels[0])  # fmt: skip
+            row.idle_rss_mb = idle[levels[0]]
             argv = ["-m", "bench.langserve_path", "--url", f"{svc_url}/llm/stream", "-c", "64",
                     "--duration", str(self.o.duration), "--warmup", str(self.o.warmup),
                     "--watch", str(service.pid)]  # fmt: skip
@@ -241,8 +276,11 @@ class Bench:
             if c == 1000 else Row(f"growth-{c}", f"paced c={c}", "service", c, paced=True)
             for c in levels
         ]  # fmt: skip
+        env = {**self.o.service_env, "LLM_LOG_LEVEL": self.o.log_levels[0]}
+        for row in rows:
+            row.log_level = self.o.log_levels[0]
         try:
-            service, svc_url = self.h.start_service(up_url, self.o.service_env)
+            service, svc_url = self.h.start_service(up_url, env)
         except BenchError as exc:
             self.fail(rows, f"service did not start: {exc}")
             self.h.stop(upstream)
@@ -424,6 +462,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--per-write", type=int, default=4, help="chunks per write, unpaced upstream (4)")
     add("--service-env", action="append", default=[], metavar="LLM_NAME=VALUE",
         help="extra service setting, e.g. LLM_UPSTREAM_CONNECTIONS=2048")  # fmt: skip
+    add("--log-levels", default="INFO,WARNING",
+        help="LLM_LOG_LEVEL of the unpaced service rows, measured alternately; the first "
+             "(default INFO, the service's default) also runs the other rows")  # fmt: skip
+    add("--ab-rounds", type=int, default=1,
+        help="measure the unpaced service rows this often, the log levels alternating; "
+             "each row shows its median run")  # fmt: skip
     add("--ref", help="benchmark llm_service of this git ref instead of the working tree")
     add("--profile", action="store_true",
         help="also run py-spy on the service (stream c=64; paced c=1000)")  # fmt: skip
@@ -450,6 +494,12 @@ def options_from(args: argparse.Namespace) -> Options:
         if not sep or not key.startswith("LLM_"):
             raise SystemExit(f"--service-env wants LLM_NAME=VALUE, got {item!r}")
         service_env[key] = value
+    levels = [level.strip().upper() for level in args.log_levels.split(",") if level.strip()]
+    known = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    if not levels or len(set(levels)) != len(levels) or set(levels) - set(known):
+        raise SystemExit(f"--log-levels wants distinct levels of {known}, got {args.log_levels!r}")
+    if "LLM_LOG_LEVEL" in service_env:
+        raise SystemExit("set the log level with --log-levels, not --service-env")
     if args.py_spy:
         py_spy = shlex.split(args.py_spy)
     else:
@@ -463,9 +513,16 @@ def options_from(args: argparse.Namespace) -> Options:
         service_env=service_env,
         profile=args.profile,
         py_spy=py_spy,
+        log_levels=levels,
+        ab_rounds=max(1, args.ab_rounds),
         retries=max(0, args.retries),
         repeat=max(1, args.repeat),
     )
+
+
+def level_key(key: str, level: str, levels: list[str]) -> str:
+    """A row's key: the scenario's at the first log level, ``<key>@<level>`` at the others."""
+    return key if level == levels[0] else f"{key}@{level}"
 
 
 def _other_load(row: Row) -> float:
@@ -503,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_write": options.per_write, "tokens": TOKENS,
             "paced_delay_ms": PACED_DELAY_MS, "scenarios": options.scenarios,
             "service_env": options.service_env, "service_cpu": machine.service_cpu,
-            "load_cpu": machine.load_cpu,
+            "load_cpu": machine.load_cpu, "log_levels": options.log_levels,
         },
         "cores_busy_before_pct": quiet_check(options.quiet_wait if options.retries else 0.0),
         "cpu_speed_before": cpu_speed(machine),
@@ -524,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     derive(rows, machine.service_cpu, machine.load_cpu)
     info["cpu_speed_after"] = cpu_speed(machine)
     info["elapsed_s"] = round(time.monotonic() - started, 1)
-    tables = [main_table(rows), growth_table(rows), *map(profile_tables, profiles)]
+    tables = [main_table(rows), log_level_table(rows), growth_table(rows),
+              *map(profile_tables, profiles)]  # fmt: skip
     print("\n\n".join(t for t in tables if t))
     result = {
         **info,

@@ -8,10 +8,13 @@ import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from llm_service.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from starlette.middleware import Middleware
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,24 +75,36 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def serve(settings: Settings) -> int:
-    from llm_service.observability.logs import configure_logging
+def serve(settings: Settings, middleware: Sequence[Middleware] = ()) -> int:
+    """Run the service under uvicorn until SIGTERM or SIGINT. ``middleware``: ASGI
+    middleware around every route (``create_app``), for an entry script of a deployer's own
+    (docs/usage.md)."""
+    from llm_service.observability.logs import configure_logging, stop_logging
 
-    configure_logging(settings)  # LLM_LOG_FORMAT, LLM_LOG_LEVEL; uvicorn's lines too
+    # LLM_LOG_FORMAT, LLM_LOG_LEVEL, uvicorn's lines too; written by a thread of its own.
+    writer = configure_logging(settings)
+    try:
+        return _serve(settings, middleware, lambda: stop_logging(writer))
+    finally:
+        stop_logging(writer)  # the last lines are written before exiting
+
+
+def _serve(
+    settings: Settings, middleware: Sequence[Middleware], on_exit: Callable[[], None]
+) -> int:
     raise_open_files_limit()
     give_back_large_buffers()
 
-    import uvicorn
-
     from llm_service.http.app import create_app
-    from llm_service.http.server import uvicorn_config
+    from llm_service.http.server import Server, uvicorn_config
 
     try:
-        app = create_app(settings)
+        app = create_app(settings, middleware=middleware)
     except ValueError as exc:  # e.g. an unusable prompt template
         print(f"llm-service: {exc}", file=sys.stderr)
         return 2
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    # on_exit: before uvicorn re-raises the SIGTERM it caught, which ends the process.
+    Server(uvicorn_config(app, settings), on_exit).run()
     return 0
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import SecretStr, TypeAdapter
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_service import __version__
@@ -38,14 +39,23 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, *, hot_path: bool = True, span_exporter: Any = None
+    settings: Settings | None = None,
+    *,
+    middleware: Sequence[Middleware] = (),
+    hot_path: bool = True,
+    span_exporter: Any = None,
 ) -> FastAPI:
     """The service as an ASGI app. ``settings`` default to ``Settings.load()``.
 
-    ``hot_path`` runs ``POST /v1/chat/completions`` ahead of the middleware stack (same
-    handler, fewer layers per relayed chunk); False runs it as an ordinary FastAPI route.
-    ``span_exporter`` (an OpenTelemetry ``SpanExporter``) turns tracing on without an OTLP
-    endpoint, e.g. the SDK's ``InMemorySpanExporter`` in tests.
+    ``middleware``: ASGI middleware (Starlette's ``Middleware(cls, *args, **kwargs)``, the
+    first outermost) around the whole app, every route included: CORS, GZip, a deployer's
+    own auth. Middleware added with FastAPI's ``add_middleware`` misses the chat route's hot
+    path. When a middleware wraps ``send``, the chat route's frames all go through it (the
+    push writer is used only when ``send`` is uvicorn's own, see ``http.push``).
+    ``hot_path`` runs ``POST /v1/chat/completions`` ahead of FastAPI's middleware stack
+    (same handler, fewer layers per relayed chunk); False runs it as an ordinary FastAPI
+    route. ``span_exporter`` (an OpenTelemetry ``SpanExporter``) turns tracing on without
+    an OTLP endpoint, e.g. the SDK's ``InMemorySpanExporter`` in tests.
     """
     settings = settings or Settings.load()
     # Fail before serving anything if a prompt template is unusable.
@@ -150,6 +160,11 @@ def create_app(
             return chat.handle_chat(app.state.service, app.state.writes, scope, receive, send)
 
         app.hot = InboundAuth(hot, settings.inbound_keys) if settings.inbound_keys else hot
+    if middleware:
+        outer: ASGIApp = app.route_request
+        for cls, args, kwargs in reversed(middleware):
+            outer = cls(outer, *args, **kwargs)
+        app.outer = outer
     return app
 
 
@@ -160,8 +175,15 @@ class ServiceApp(FastAPI):
     token resumes the request's whole await chain, so each level left out counts."""
 
     hot: ASGIApp | None = None
+    outer: ASGIApp | None = None
+    """The deployer's middleware around ``route_request`` (``create_app(middleware=...)``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (self.outer or self.route_request)(scope, receive, send)
+
+    def route_request(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The hot path or FastAPI. A plain function returning the handler's awaitable:
+        no coroutine frame of its own for each relayed chunk to resume through."""
         hot = self.hot
         if (
             hot is not None
@@ -169,9 +191,8 @@ class ServiceApp(FastAPI):
             and scope["path"] == chat.PATH
             and scope["method"] == "POST"
         ):
-            await hot(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+            return hot(scope, receive, send)
+        return super().__call__(scope, receive, send)
 
 
 def _embedded_state(settings: Settings, embedded: EmbeddedServer | None) -> str:

@@ -19,6 +19,8 @@ client that left (499), giving back whatever it held.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -259,3 +261,21 @@ def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Conf
     }
     values.update(options)
     return uvicorn.Config(app, **values)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, calling ``on_exit`` once it has stopped serving and before it
+    re-raises a SIGTERM or SIGINT it caught (which ends the process at once): the log
+    writer's last lines are written by then."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self.on_exit()

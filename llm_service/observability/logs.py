@@ -8,20 +8,33 @@ route, status, timings, tokens and the request id, never the prompt or any crede
 One record is one line in both formats: JSON escapes line breaks, and the text format
 writes them as ``\\n`` and ``\\r`` (a model server's message with a line break in it
 would otherwise forge a log line of its choosing).
+
+``configure_logging`` (``llm-service serve``) formats and writes off the event loop: the
+root logger's handler only queues each record (with its request id), and a ``LogWriter``
+thread formats what has queued up and writes it in one write. On the loop thread, a JSON
+line and a write per request sat between two streams' frames, and a destination that
+blocks (a full stderr pipe) would stop every stream; the thread still takes CPU under the
+GIL, but in batches, when the loop waits anyway or at the switch interval
+(docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import secrets
 import sys
+import threading
+import time
+from logging.handlers import QueueHandler
 from typing import Any
 
 from llm_service.context import request_id
 from llm_service.settings import Settings
 
-access_log = logging.getLogger("llm_service.access")
+ACCESS_LOGGER = "llm_service.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
@@ -37,10 +50,12 @@ def new_request_id(incoming: bytes | None) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every record (for both formats)."""
+    """Adds ``request_id`` to every record (for both formats), unless the record has one
+    (the access line's own, or set by the queue before the record left its context)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
+        if "request_id" not in record.__dict__:
+            record.request_id = request_id.get()
         return True
 
 
@@ -68,7 +83,109 @@ class OneLineFormatter(logging.Formatter):
         return text
 
 
-def handler_for(settings: Settings, stream: Any = None) -> logging.Handler:
+class AccessSummary:
+    """The text of an access line's message, built only when a handler formats it (on the
+    log thread): the JSON format carries the same fields as keys."""
+
+    __slots__ = ("fields",)
+
+    _SKIP = frozenset({"method", "route", "request_id"})
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        skip = self._SKIP
+        return " ".join(f"{k}={v}" for k, v in self.fields.items() if k not in skip)
+
+
+class QueuedRecords(QueueHandler):
+    """The root handler of ``configure_logging``: tags a record with its request id and
+    queues it for the ``LogWriter``, nothing more on the caller's thread.
+
+    The access logger's records (immutable arguments, no exception) are queued as they
+    are; others have their message and traceback rendered first, as the stdlib's
+    ``QueueHandler`` does, since their arguments may change once the call returns.
+    """
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__(records)
+        self.addFilter(RequestIdFilter())
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.name == ACCESS_LOGGER:
+            return record
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = _EXCEPTIONS.formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_EXCEPTIONS = logging.Formatter()
+
+
+class LogWriter:
+    """Formats queued records with ``handler``'s formatter and writes each batch to its
+    stream in one write, on a thread of its own. ``stop`` writes what is left."""
+
+    LINGER = 0.02
+    """Seconds to let records gather after a wake-up: at most about 50 wake-ups per second
+    however many requests end, and a line is late by no more than that."""
+
+    def __init__(self, handler: logging.StreamHandler[Any]) -> None:
+        self.handler = handler
+        self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write everything queued so far and end the thread."""
+        if self.thread.is_alive():
+            self.records.put(None)
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        records = self.records
+        while True:
+            batch = [records.get()]
+            if batch[0] is not None:
+                time.sleep(self.LINGER)
+            while True:
+                try:
+                    batch.append(records.get_nowait())
+                except queue.Empty:
+                    break
+            if not self._write(batch):
+                return
+
+    def _write(self, batch: list[logging.LogRecord | None]) -> bool:
+        """Write ``batch``; False once the stop marker is in it."""
+        handler = self.handler
+        lines: list[str] = []
+        going = True
+        for record in batch:
+            if record is None:
+                going = False
+            elif record.levelno >= handler.level and handler.filter(record):
+                try:
+                    lines.append(handler.format(record) + handler.terminator)
+                except Exception:
+                    handler.handleError(record)
+        if lines:
+            try:
+                handler.stream.write("".join(lines))
+                handler.flush()
+            except Exception:
+                handler.handleError(batch[-1] or logging.makeLogRecord({}))
+        return going
+
+
+def handler_for(settings: Settings, stream: Any = None) -> logging.StreamHandler[Any]:
     """A stream handler (stderr by default) in the configured format."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
@@ -79,12 +196,29 @@ def handler_for(settings: Settings, stream: Any = None) -> logging.Handler:
     return handler
 
 
-def configure_logging(settings: Settings) -> None:
-    """Root logger: one handler in ``LLM_LOG_FORMAT`` at ``LLM_LOG_LEVEL`` (or the reference's
-    ``OPEA_LOGGER_LEVEL``, which settings read when it is unset); uvicorn's loggers propagate
-    to it, so its lines come out in the same format."""
+def configure_logging(settings: Settings, stream: Any = None) -> LogWriter:
+    """Root logger: lines in ``LLM_LOG_FORMAT`` at ``LLM_LOG_LEVEL`` (or the reference's
+    ``OPEA_LOGGER_LEVEL``, which settings read when it is unset) to ``stream`` (stderr),
+    formatted and written by the returned ``LogWriter``'s thread, already started; uvicorn's
+    loggers propagate to it, so its lines come out in the same format. Call
+    ``stop_logging`` with it before exiting, so the last lines are written."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler_for(settings))
+    writer = LogWriter(handler_for(settings, stream))
+    root.addHandler(QueuedRecords(writer.records))
     root.setLevel(settings.log_level)
+    writer.start()
+    return writer
+
+
+def stop_logging(writer: LogWriter) -> None:
+    """Write the queued lines, then log straight through the writer's handler (lines
+    logged at exit still come out)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, QueuedRecords):
+            root.removeHandler(old)
+    writer.stop()
+    if writer.handler not in root.handlers:
+        root.addHandler(writer.handler)

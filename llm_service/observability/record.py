@@ -21,7 +21,12 @@ from starlette.types import Scope
 
 from llm_service.context import request_id
 from llm_service.errors import ServiceError, UpstreamError, detached
-from llm_service.observability.logs import access_log, new_request_id
+from llm_service.observability.logs import (
+    ACCESS_LOGGER,
+    AccessSummary,
+    access_log,
+    new_request_id,
+)
 from llm_service.observability.metrics import Metrics, endpoint_label
 from llm_service.observability.tracing import Tracing
 
@@ -217,9 +222,13 @@ class Observability:
             fields["docs_dropped"] = context.docs_dropped
         if record.upstream_error is not None:
             fields["error"] = record.upstream_error.type
-        skip = ("method", "route", "request_id")
-        summary = " ".join(f"{k}={v}" for k, v in fields.items() if k not in skip)
-        access_log.log(level, "%s %s %s", record.method, record.route, summary, extra=fields)
+        # The record made directly: Logger.log would also look up the calling frame. The
+        # summary is text only once a handler formats it, on the log thread.
+        line = access_log.makeRecord(
+            ACCESS_LOGGER, level, __file__, 0, "%s %s %s",
+            (record.method, record.route, AccessSummary(fields)), None, extra=fields,
+        )  # fmt: skip
+        access_log.handle(line)
 
     def _count(
         self,

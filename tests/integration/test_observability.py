@@ -392,6 +392,76 @@ def test_serve_writes_json_lines(fake_server: FakeServer) -> None:
     assert all({"time", "level", "logger", "message", "request_id"} <= set(line) for line in lines)
 
 
+@pytest.fixture
+def queued_root() -> Iterator[None]:
+    """Puts the root logger's handlers and level back after a test reconfigures it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("queued_root")
+def test_queued_logging_writes_every_line_in_order_with_its_request_id() -> None:
+    """``configure_logging`` (what ``serve`` runs): records are queued on the caller's thread
+    and written by the writer thread; each keeps the request id and the message of the
+    moment it was logged, and everything queued is written by ``stop_logging``."""
+    from llm_service.context import request_id
+    from llm_service.observability.logs import configure_logging, stop_logging
+
+    stream = io.StringIO()
+    writer = configure_logging(settings_for(None, log_format="json"), stream)
+    log = logging.getLogger("llm_service.test")
+    changing = ["before"]
+    token = request_id.set("queued-1")
+    try:
+        for i in range(200):
+            log.info("line %d", i)
+        log.warning("args %s", changing)
+        changing[0] = "after"  # changed once the call returned: the line says "before"
+        try:
+            raise ValueError("bad\nvalue")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        request_id.reset(token)
+    log.debug("below the level")
+    stop_logging(writer)
+    assert not writer.thread.is_alive()
+    log.info("after the stop")  # straight through the writer's handler
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines[:200]] == [f"line {i}" for i in range(200)]
+    assert lines[200]["message"] == "args ['before']"
+    assert lines[201]["message"] == "failed" and "ValueError" in lines[201]["exc_info"]
+    assert {line["request_id"] for line in lines[:202]} == {"queued-1"}
+    assert lines[202]["message"] == "after the stop" and lines[202]["request_id"] == "-"
+    assert len(lines) == 203
+
+
+@pytest.mark.usefixtures("queued_root")
+def test_queued_access_lines_of_a_running_service(
+    fake_server: FakeServer, fake: FakeOpenAI
+) -> None:
+    """The access line's message is built on the writer thread, from the record's fields."""
+    from llm_service.observability.logs import configure_logging, stop_logging
+
+    stream = io.StringIO()
+    writer = configure_logging(settings_for(None, log_format="text"), stream)
+    server = ServiceServer(settings_for(fake_server.url))
+    try:
+        for i in range(3):
+            resp = chat(server, body(i == 1), **{"X-Request-ID": f"q-{i}"})
+            assert resp.status_code == 200
+    finally:
+        server.close()
+        stop_logging(writer)
+    lines = [line for line in stream.getvalue().splitlines() if "llm_service.access" in line]
+    assert [re.search(r"\[(q-\d)\]", line)[1] for line in lines] == ["q-0", "q-1", "q-2"]  # type: ignore[index]
+    assert all("POST /v1/chat/completions status=200 " in line for line in lines)
+    assert "stream=True" in lines[1] and "completion_tokens=5" in lines[1]
+
+
 # --- tracing ----------------------------------------------------------------------------------
 
 

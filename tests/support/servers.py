@@ -10,11 +10,12 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import uvicorn
 from aiohttp import web
+from starlette.middleware import Middleware
 
 from llm_service.http.app import create_app
 from llm_service.http.server import uvicorn_config
@@ -85,10 +86,13 @@ class ServiceServer:
         *,
         hot_path: bool = True,
         span_exporter: Any = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, hot_path=hot_path, span_exporter=span_exporter)
+        self.app = create_app(
+            settings, middleware=middleware, hot_path=hot_path, span_exporter=span_exporter
+        )
         config = uvicorn_config(
             self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
         )
