@@ -99,18 +99,33 @@ class AccessSummary:
         return " ".join(f"{k}={v}" for k, v in self.fields.items() if k not in skip)
 
 
+MAX_QUEUED = 10_000
+"""Records that may wait for the writer (about 10 MB): past it, while the destination does
+not keep up (a blocked stderr pipe, a stalled collector), records are dropped and counted,
+not kept without bound."""
+
+
 class QueuedRecords(QueueHandler):
     """The root handler of ``configure_logging``: tags a record with its request id and
     queues it for the ``LogWriter``, nothing more on the caller's thread.
 
     The access logger's records (immutable arguments, no exception) are queued as they
     are; others have their message and traceback rendered first, as the stdlib's
-    ``QueueHandler`` does, since their arguments may change once the call returns.
+    ``QueueHandler`` does, since their arguments may change once the call returns. At most
+    ``MAX_QUEUED`` wait; the writer reports how many were dropped past that.
     """
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
-        super().__init__(records)
+    def __init__(self, writer: LogWriter) -> None:
+        super().__init__(writer.records)
+        self.writer = writer
         self.addFilter(RequestIdFilter())
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        records = self.writer.records
+        if records.qsize() >= MAX_QUEUED:
+            self.writer.dropped += 1  # (a lost increment under a race only under-counts)
+            return
+        records.put_nowait(record)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         if record.name == ACCESS_LOGGER:
@@ -138,6 +153,7 @@ class LogWriter:
     def __init__(self, handler: logging.StreamHandler[Any]) -> None:
         self.handler = handler
         self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self.dropped = 0  # records QueuedRecords dropped since the last report
         self.thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
 
     def start(self) -> None:
@@ -168,6 +184,18 @@ class LogWriter:
         handler = self.handler
         lines: list[str] = []
         going = True
+        dropped, self.dropped = self.dropped, 0
+        if dropped:
+            note = logging.makeLogRecord(
+                {
+                    "name": __name__,
+                    "levelno": logging.WARNING,
+                    "levelname": "WARNING",
+                    "msg": f"{dropped} log lines dropped: the log destination is too slow",
+                    "request_id": "-",
+                }
+            )
+            batch = [note, *batch]
         for record in batch:
             if record is None:
                 going = False
@@ -206,7 +234,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> LogWriter:
     for old in list(root.handlers):
         root.removeHandler(old)
     writer = LogWriter(handler_for(settings, stream))
-    root.addHandler(QueuedRecords(writer.records))
+    root.addHandler(QueuedRecords(writer))
     root.setLevel(settings.log_level)
     writer.start()
     return writer

@@ -237,7 +237,6 @@ class PrefixAffinity(LeastInflight):
             return replica
         return None
 
-
     def _by_prefix(
         self, tried: Sequence[Replica], blocks: list[int], now: float, bound: float
     ) -> tuple[Replica | None, int]:
