@@ -69,6 +69,17 @@ def _check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+_PREFIX_AFFINITY_KNOBS = (
+    "routing_block_chars",
+    "routing_table_size",
+    "routing_balance",
+    "routing_balance_slack",
+    "routing_min_match",
+    "routing_session_header",
+)
+_DNS_KNOBS = ("replica_refresh", "replica_dns_server")
+
+
 class Settings(BaseSettings):
     """Configuration of one service process.
 
@@ -542,6 +553,28 @@ class Settings(BaseSettings):
                     f"{name}: {shown!r} is not an http:// proxy URL with a host (the service "
                     "speaks plain HTTP to proxies; LLM_UPSTREAM_TRUST_ENV=false ignores them)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _routing_knobs_in_use(self) -> Settings:
+        """A knob of a policy or a discovery that is not the one chosen would be ignored:
+        set to other than its default, it is refused, so that a deployment does not believe
+        it tuned what it did not."""
+        fields = type(self).model_fields
+        # Given and not the default (configs/default.env spells every default out).
+        changed = {n for n in self.model_fields_set if getattr(self, n) != fields[n].default}
+        unused = []
+        if self.routing != "prefix_affinity":
+            unused += [n for n in _PREFIX_AFFINITY_KNOBS if n in changed]
+        if self.replica_discovery != "dns":
+            unused += [n for n in _DNS_KNOBS if n in changed]
+        if unused:
+            names = ", ".join(f"{ENV_PREFIX}{n.upper()}" for n in unused)
+            raise ValueError(
+                f"{names} would be ignored: used only with LLM_ROUTING=prefix_affinity "
+                "(LLM_ROUTING_*) or LLM_REPLICA_DISCOVERY=dns (LLM_REPLICA_REFRESH, "
+                "LLM_REPLICA_DNS_SERVER)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -103,3 +103,30 @@ def test_secrets_are_masked_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_env_file_is_an_error() -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         Settings.load("configs/nope.env")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LLM_ROUTING": "least_inflight", "LLM_ROUTING_BALANCE": "1.2"}, "LLM_ROUTING_BALANCE"),
+        ({"LLM_ROUTING": "least_inflight", "LLM_ROUTING_SESSION_HEADER": "X-U"}, "SESSION_HEADER"),
+        ({"LLM_REPLICA_REFRESH": "3"}, "LLM_REPLICA_REFRESH"),
+        ({"LLM_REPLICA_DNS_SERVER": "10.0.0.2"}, "LLM_REPLICA_DNS_SERVER"),
+    ],
+)
+def test_a_knob_of_a_policy_not_chosen_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named):
+        Settings.load()
+
+
+def test_knobs_spelled_out_at_their_defaults_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # configs/default.env writes every setting out, the routing knobs included.
+    monkeypatch.setenv("LLM_ROUTING", "least_inflight")
+    monkeypatch.setenv("LLM_ROUTING_BALANCE", "1.5")
+    monkeypatch.setenv("LLM_REPLICA_REFRESH", "10")
+    assert Settings.load().routing == "least_inflight"
+    assert Settings.load("configs/default.env").replica_discovery == "static"
