@@ -27,8 +27,11 @@ import secrets
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from typing import Any
+
+import orjson
 
 from llm_service.context import request_id
 from llm_service.settings import Settings
@@ -60,16 +63,50 @@ class RequestIdFilter(logging.Filter):
 
 
 def json_formatter() -> logging.Formatter:
-    """python-json-logger on orjson: time, level, logger, message, request_id and extras."""
+    """python-json-logger on orjson: time, level, logger, message, request_id and extras;
+    access lines by a shortcut that writes the same object."""
     from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.orjson import OrjsonFormatter
 
-    return OrjsonFormatter(
-        "%(levelname)s %(name)s %(message)s %(request_id)s",
-        rename_fields={"levelname": "level", "name": "logger"},
-        timestamp="time",  # ISO 8601, UTC
-        reserved_attrs=[*RESERVED_ATTRS, "color_message"],  # uvicorn's ANSI-coloured copy
+    return AccessJsonFormatter(
+        OrjsonFormatter(
+            "%(levelname)s %(name)s %(message)s %(request_id)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",  # ISO 8601, UTC
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],  # uvicorn's ANSI-coloured copy
+        )
     )
+
+
+class AccessJsonFormatter(logging.Formatter):
+    """``general`` for every record but the access line, which it writes itself as the
+    same JSON object (level, logger, message, the line's fields, time): one line per
+    request is the formatting work that grows with the load, and python-json-logger's
+    general path (every record attribute checked against the reserved ones) costs
+    several times a direct ``orjson.dumps``."""
+
+    def __init__(self, general: logging.Formatter) -> None:
+        super().__init__()
+        self.general = general
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if (
+            record.name != ACCESS_LOGGER
+            or not isinstance(args, tuple)
+            or len(args) != 3
+            or not isinstance(args[2], AccessSummary)
+            or record.exc_info
+        ):
+            return self.general.format(record)
+        line = {
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **args[2].fields,
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
+        }
+        return orjson.dumps(line, default=str).decode()
 
 
 class OneLineFormatter(logging.Formatter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 
@@ -48,3 +49,20 @@ def test_a_blocked_destination_drops_and_counts_lines_past_the_bound(
     assert "log lines dropped: the log destination is too slow" in text
     written = [line for line in text.splitlines() if "tests.flood" in line]
     assert 50 <= len(written) <= 60  # the first, and what fitted in the queue
+
+
+def test_the_access_line_shortcut_writes_what_python_json_logger_writes() -> None:
+    formatter = logs.json_formatter()
+    assert isinstance(formatter, logs.AccessJsonFormatter)
+    fields = {
+        "request_id": "r-1", "method": "POST", "route": "/v1/chat/completions",
+        "status": 200, "duration_ms": 3.5, "stream": False, "finish_reason": None,
+    }  # fmt: skip
+    record = logging.getLogger(logs.ACCESS_LOGGER).makeRecord(
+        logs.ACCESS_LOGGER, logging.INFO, __file__, 0, "%s %s %s",
+        ("POST", "/v1/chat/completions", logs.AccessSummary(fields)), None, extra=fields,
+    )  # fmt: skip
+    short = json.loads(formatter.format(record))
+    general = json.loads(formatter.general.format(record))
+    assert list(short) == list(general)  # the same keys, in the same order
+    assert short == general
