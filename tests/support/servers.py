@@ -13,6 +13,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+import httpx
 import uvicorn
 from aiohttp import web
 from starlette.middleware import Middleware
@@ -124,3 +125,21 @@ def settings_for(endpoint: str | None, **overrides: Any) -> Settings:
         **overrides,
     }
     return Settings(_env_file=None, model_server_endpoint=endpoint, **values)
+
+
+def ask(service: ServiceServer, stream: bool) -> httpx.Response:
+    """One short chat request to ``service``, streamed or whole."""
+    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": stream}
+    return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30)
+
+
+def every_path(url: str, **overrides: Any) -> list[httpx.Response]:
+    """/v1/ready (GET /v1/models), a stream and a whole answer through a fresh service in
+    front of ``url``; the service is closed before returning (so a proxy in between has
+    logged its connections)."""
+    service = ServiceServer(settings_for(url, startup_wait=0, **overrides))
+    try:
+        ready = httpx.get(f"{service.url}/v1/ready", timeout=20)
+        return [ready, ask(service, True), ask(service, False)]
+    finally:
+        service.close()

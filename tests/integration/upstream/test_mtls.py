@@ -8,15 +8,13 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trustme
 
 from llm_service.settings import Settings, SettingsError
 from tests.support.forward_proxy import ForwardProxy
-from tests.support.servers import FakeServer, ServiceServer, settings_for
+from tests.support.servers import FakeServer, every_path
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +51,12 @@ def mtls_fake(ca: trustme.CA) -> Iterator[FakeServer]:
     server.close()
 
 
-def ask(service: ServiceServer, stream: bool) -> httpx.Response:
-    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": stream}
-    return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30)
-
-
-def run(url: str, **overrides: Any) -> list[httpx.Response]:
-    service = ServiceServer(settings_for(url, startup_wait=0, **overrides))
-    try:
-        ready = httpx.get(f"{service.url}/v1/ready", timeout=20)
-        return [ready, ask(service, True), ask(service, False)]
-    finally:
-        service.close()
-
-
 @pytest.mark.parametrize("client", ["chatopenai", "fast"])
 def test_client_certificate_opens_every_path(
     transport: str, client: str, mtls_fake: FakeServer, files: dict[str, Path]
 ) -> None:
     before = len(mtls_fake.fake.requests)
-    ready, streamed, whole = run(
+    ready, streamed, whole = every_path(
         mtls_fake.url,
         upstream_transport=transport,
         tls_ca_bundle=files["ca"],
@@ -90,7 +74,7 @@ def test_client_certificate_opens_every_path(
 def test_a_certificate_file_holding_its_key_needs_no_key_file(
     transport: str, mtls_fake: FakeServer, files: dict[str, Path]
 ) -> None:
-    for resp in run(
+    for resp in every_path(
         mtls_fake.url,
         upstream_transport=transport,
         tls_ca_bundle=files["ca"],
@@ -103,7 +87,7 @@ def test_without_a_client_certificate_the_request_fails_and_says_why(
     transport: str, mtls_fake: FakeServer, files: dict[str, Path]
 ) -> None:
     before = len(mtls_fake.fake.requests)
-    ready, streamed, whole = run(
+    ready, streamed, whole = every_path(
         mtls_fake.url, upstream_transport=transport, tls_ca_bundle=files["ca"]
     )
     assert ready.status_code == 503
@@ -119,7 +103,7 @@ def test_the_client_certificate_is_shown_through_a_proxy_tunnel(
 ) -> None:
     proxy = ForwardProxy(tmp_path)
     try:
-        responses = run(
+        responses = every_path(
             mtls_fake.url,
             upstream_transport=transport,
             https_proxy=proxy.url,

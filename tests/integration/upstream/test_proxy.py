@@ -13,7 +13,6 @@ import logging
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +20,14 @@ import trustme
 
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.forward_proxy import ForwardProxy
-from tests.support.servers import FakeServer, ServiceServer, free_port, settings_for
+from tests.support.servers import (
+    FakeServer,
+    ServiceServer,
+    ask,
+    every_path,
+    free_port,
+    settings_for,
+)
 from tests.support.token_server import TokenServer
 
 CHAT = "/v1/chat/completions"
@@ -60,22 +66,6 @@ def dead_proxy() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def ask(service: ServiceServer, stream: bool) -> httpx.Response:
-    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": stream}
-    return httpx.post(f"{service.url}{CHAT}", json=body, timeout=30)
-
-
-def run(url: str, **overrides: Any) -> list[httpx.Response]:
-    """/v1/ready (GET /v1/models), a stream and a whole answer through a fresh service; the
-    service is closed before returning, so the proxy has logged its connections."""
-    service = ServiceServer(settings_for(url, startup_wait=0, **overrides))
-    try:
-        ready = httpx.get(f"{service.url}/v1/ready", timeout=20)
-        return [ready, ask(service, True), ask(service, False)]
-    finally:
-        service.close()
-
-
 def assert_ok(responses: list[httpx.Response]) -> None:
     ready, streamed, whole = responses
     assert ready.status_code == 200, ready.text
@@ -90,7 +80,9 @@ def test_http_streams_whole_answers_and_models_go_through_the_proxy(
 ) -> None:
     origin = f"127.0.0.1:{fake_server.port}"
     before = forward_proxy.wait_for("POST", f"{origin}{CHAT}", timeout=0)
-    assert_ok(run(fake_server.url, upstream_transport=transport, http_proxy=forward_proxy.url))
+    assert_ok(
+        every_path(fake_server.url, upstream_transport=transport, http_proxy=forward_proxy.url)
+    )
     assert len(fake.requests) == 2
     assert forward_proxy.wait_for("POST", f"{origin}{CHAT}", before + 2) == before + 2
     assert forward_proxy.wait_for("GET", f"{origin}/v1/models") >= 1
@@ -103,7 +95,7 @@ def test_https_goes_through_a_connect_tunnel(
     tunnels = forward_proxy.wait_for("CONNECT", f"127.0.0.1:{https_fake.port}", timeout=0)
     # The http proxy is a dead one: https must take HTTPS_PROXY, not HTTP_PROXY.
     assert_ok(
-        run(
+        every_path(
             https_fake.url,
             upstream_transport=transport,
             https_proxy=forward_proxy.url,
@@ -121,7 +113,7 @@ def test_https_goes_through_a_connect_tunnel(
 def test_the_tunnelled_server_certificate_is_still_checked(
     transport: str, https_fake: FakeServer, forward_proxy: ForwardProxy
 ) -> None:
-    ready, streamed, whole = run(
+    ready, streamed, whole = every_path(
         https_fake.url, upstream_transport=transport, https_proxy=forward_proxy.url
     )
     assert ready.status_code == 503
@@ -136,7 +128,7 @@ def test_no_proxy_hosts_are_reached_directly(
     # The proxy is dead: only a direct connection can answer.
     for no_proxy in ("127.0.0.1", f"localhost, 127.0.0.1:{fake_server.port}", "127.0.0.0/8", "*"):
         assert_ok(
-            run(
+            every_path(
                 fake_server.url,
                 upstream_transport=transport,
                 http_proxy=dead_proxy(),
@@ -145,7 +137,7 @@ def test_no_proxy_hosts_are_reached_directly(
         )
     # An entry for another port, or a name that only ends like the host, is no exemption.
     for no_proxy in (f"127.0.0.1:{fake_server.port + 1}", "0.0.1"):
-        ready, streamed, whole = run(
+        ready, streamed, whole = every_path(
             fake_server.url,
             upstream_transport=transport,
             http_proxy=dead_proxy(),
@@ -166,7 +158,7 @@ def test_a_dead_proxy_is_a_clear_503_and_nothing_goes_direct(
         (fake_server.url, {"http_proxy": dead_proxy()}),
         (https_fake.url, {"https_proxy": dead_proxy(), "tls_ca_bundle": ca_file}),
     ):
-        ready, streamed, whole = run(url, upstream_transport=transport, **proxy)
+        ready, streamed, whole = every_path(url, upstream_transport=transport, **proxy)
         assert ready.status_code == 503
         for resp in (streamed, whole):
             assert resp.status_code == 503, resp.text
@@ -180,7 +172,7 @@ def test_trust_env_false_ignores_the_proxy(
     transport: str, fake: FakeOpenAI, fake_server: FakeServer
 ) -> None:
     assert_ok(
-        run(
+        every_path(
             fake_server.url,
             upstream_transport=transport,
             http_proxy=dead_proxy(),
@@ -205,9 +197,9 @@ def test_proxy_credentials_and_a_407(
     try:
         wrong = guarded.url.replace("tiger-pw", "wrong-pw")
         anonymous = f"http://127.0.0.1:{guarded.port}"
-        assert_ok(run(fake_server.url, upstream_transport=transport, http_proxy=guarded.url))
+        assert_ok(every_path(fake_server.url, upstream_transport=transport, http_proxy=guarded.url))
         assert_ok(
-            run(
+            every_path(
                 https_fake.url,
                 upstream_transport=transport,
                 https_proxy=guarded.url,
@@ -220,7 +212,7 @@ def test_proxy_credentials_and_a_407(
             (fake_server.url, {"http_proxy": anonymous}),
             (https_fake.url, {"https_proxy": wrong, "tls_ca_bundle": ca_file}),
         ):
-            _, streamed, whole = run(url, upstream_transport=transport, **setting)
+            _, streamed, whole = every_path(url, upstream_transport=transport, **setting)
             for resp in (streamed, whole):
                 assert resp.status_code == 502, resp.text
                 message = resp.json()["error"]["message"]
@@ -243,7 +235,7 @@ def test_the_oauth_token_endpoint_goes_through_the_proxy(
         target = f"127.0.0.1:{token_http.port}/oauth/token"
         before = forward_proxy.wait_for("POST", target, timeout=0)
         assert_ok(
-            run(
+            every_path(
                 fake_server.url,
                 upstream_transport=transport,
                 http_proxy=forward_proxy.url,
@@ -256,7 +248,7 @@ def test_the_oauth_token_endpoint_goes_through_the_proxy(
         assert forward_proxy.wait_for("POST", target, before + 1) >= before + 1
         # A dead proxy stops the token fetch too: a 503 that says so, not a direct call.
         issued = len(issuer.issued)
-        ready, streamed, _ = run(
+        ready, streamed, _ = every_path(
             fake_server.url,
             upstream_transport=transport,
             http_proxy=dead_proxy(),
@@ -292,7 +284,7 @@ def test_the_openai_sdk_clients_go_through_the_same_proxy(
 ) -> None:
     target = f"127.0.0.1:{fake_server.port}{path}"
     before = forward_proxy.wait_for("POST", target, timeout=0)
-    _, streamed, whole = run(
+    _, streamed, whole = every_path(
         fake_server.url, upstream_transport=transport, http_proxy=forward_proxy.url, **mode
     )
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text

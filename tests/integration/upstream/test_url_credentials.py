@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.fake_openai import FakeOpenAI, Script
-from tests.support.servers import FakeServer, ServiceServer, free_port, settings_for
+from tests.support.servers import (
+    FakeServer,
+    every_path,
+    free_port,
+)
 
 USER = "alice"
 PASSWORD = "pa55-w0rd-in-url"
@@ -24,25 +26,11 @@ def with_credentials(url: str) -> str:
     return url.replace("://", f"://{USER}:{PASSWORD}@", 1)
 
 
-def ask(service: ServiceServer, stream: bool) -> httpx.Response:
-    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": stream}
-    return httpx.post(f"{service.url}/v1/chat/completions", json=body, timeout=30)
-
-
-def run(url: str, **overrides: Any) -> list[httpx.Response]:
-    service = ServiceServer(settings_for(url, startup_wait=0, **overrides))
-    try:
-        ready = httpx.get(f"{service.url}/v1/ready", timeout=20)
-        return [ready, ask(service, True), ask(service, False)]
-    finally:
-        service.close()
-
-
 @pytest.mark.parametrize("client", ["fast", "chatopenai"])
 def test_url_credentials_are_sent_as_basic_on_every_path(
     transport: str, client: str, fake: FakeOpenAI, fake_server: FakeServer
 ) -> None:
-    for resp in run(
+    for resp in every_path(
         with_credentials(fake_server.url), upstream_transport=transport, model_client=client
     ):
         assert resp.status_code == 200, resp.text
@@ -53,7 +41,7 @@ def test_url_credentials_are_sent_as_basic_on_every_path(
 def test_the_api_key_wins_over_url_credentials(
     transport: str, client: str, fake: FakeOpenAI, fake_server: FakeServer
 ) -> None:
-    responses = run(
+    responses = every_path(
         with_credentials(fake_server.url),
         upstream_transport=transport,
         vllm_api_key="sk-explicit-key",
@@ -71,10 +59,10 @@ def test_failures_show_neither_the_password_nor_the_header(
     # A server that echoes what it was sent, as some gateways do ...
     echo = {"error": {"message": f"bad credentials {BASIC} for {with_credentials('http://x')}"}}
     fake.push(Script(status=400, error_body=echo), Script(status=500, error_body=echo))
-    _, streamed, whole = run(with_credentials(fake_server.url), upstream_transport=transport)
+    _, streamed, whole = every_path(with_credentials(fake_server.url), upstream_transport=transport)
     # ... and one that is not there at all.
     dead = with_credentials(f"http://127.0.0.1:{free_port()}")
-    dead_ready, dead_streamed, dead_whole = run(dead, upstream_transport=transport)
+    dead_ready, dead_streamed, dead_whole = every_path(dead, upstream_transport=transport)
     assert streamed.status_code >= 400 and whole.status_code >= 400
     assert (dead_ready.status_code, dead_streamed.status_code, dead_whole.status_code) == (
         503,
