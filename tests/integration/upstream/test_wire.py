@@ -4,7 +4,8 @@ Each test runs a small HTTP server on 127.0.0.1 (``tests.support.raw_http``) tha
 with exact bytes, so the quirks a real model server shows only sometimes happen on cue:
 kept-alive connections closed while idle, bodies that end with the connection, streams cut
 short, bytes that are not HTTP, silence, and a client that reads slower than the server
-writes.
+writes. What both transports must do alike is in ``test_stream_transports.py``, over both;
+here what only this one has, or tests it in more detail.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 from llm_service.context import request_id
 from llm_service.upstream.wire import (
     ConnectFailed,
-    ReadTimeout,
     StreamPool,
     WireError,
 )
@@ -42,19 +42,6 @@ async def body_of(p: StreamPool, url: str, **headers: str) -> bytes:
         return await conn.read_all()
     finally:
         p.release(conn)
-
-
-async def test_stream_is_read_whole_and_the_connection_reused() -> None:
-    async with serve(keep_alive_sse) as server, pool() as p:
-        first = await body_of(p, server.url, Authorization="Bearer k")
-        second = await body_of(p, server.url)
-    assert first == second
-    assert first.count(b"data: ") == 4 and first.endswith(b"data: [DONE]\n\n")
-    assert server.connections == 1  # kept alive: the second request took the same one
-    request = server.requests[0]
-    assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
-    assert b"\r\nAuthorization: Bearer k\r\n" in request
-    assert request.endswith(b'\r\n\r\n{"stream":true}')
 
 
 async def test_a_kept_alive_connection_closed_by_the_server_is_replaced() -> None:
@@ -95,26 +82,6 @@ async def test_bytes_that_are_not_http_are_an_error() -> None:
     async with serve(garbage) as server, pool() as p:
         with pytest.raises(WireError, match="bad HTTP"):
             await p.open(server.url, b"{}", {}, total=5.0)
-
-
-async def test_silence_after_the_head_is_an_idle_timeout_then_a_total_one() -> None:
-    stall = reply_once(SSE_HEAD + chunk(b"data: {}\n\n"), hold=True)
-
-    async with serve(stall) as server, pool() as p:
-        conn = await p.open(server.url, b"{}", {}, total=5.0)
-        conn.idle_timeout(0.2)
-        assert await conn.read() == b"data: {}\n\n"
-        with pytest.raises(ReadTimeout) as idle:
-            await conn.read()
-        assert idle.value.idle
-        p.release(conn)
-
-        conn = await p.open(server.url, b"{}", {}, total=0.3)
-        await conn.read()
-        with pytest.raises(ReadTimeout) as total:
-            await conn.read()
-        assert not total.value.idle
-        p.release(conn)
 
 
 async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
